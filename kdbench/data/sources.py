@@ -1,0 +1,107 @@
+"""Rows {instruction, input, output, category} from the embedded benchmark, a local JSONL file or a Hugging Face
+dataset. Bad input fails naming the file and line (JSONL) or the dataset and row (HF)."""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from pathlib import Path
+
+from kdbench.data.embedded import SplitSizes, generate_splits
+
+
+class DataError(ValueError):
+    pass
+
+
+@lru_cache(maxsize=4)
+def _embedded(seed: int, version: int, train: int, validation: int, test: int) -> dict[str, list[dict]]:
+    return generate_splits(seed=seed, version=version, sizes=SplitSizes(train, validation, test))
+
+
+def embedded_splits(emb) -> dict[str, list[dict]]:
+    return _embedded(emb.seed, emb.version, emb.train_size, emb.validation_size, emb.test_size)
+
+
+def _normalize(raw: dict, columns: dict, where: str) -> dict:
+    """Map a source row onto our schema; a row without a response is an error."""
+    def get(field: str, required: bool):
+        col = columns.get(field, field)
+        value = raw.get(col)
+        if value is None and required:
+            raise DataError(f"{where}: the row has no {col!r} field (needed as {field!r}); it has "
+                            f"{sorted(raw)}. Map columns with source.columns, e.g. {{{field}: <column>}}")
+        return value
+    instruction = get("instruction", True)
+    output = get("output", True)
+    if isinstance(output, list):  # several references (S-NI): keep all, the first is the training target
+        refs = [str(o) for o in output]
+    else:
+        refs = [str(output)]
+    if not refs or not refs[0].strip():
+        raise DataError(f"{where}: the row has an empty response ({columns.get('output', 'output')!r})")
+    row = {"instruction": str(instruction), "input": str(get("input", False) or ""), "output": refs[0],
+           "category": str(get("category", False) or "")}
+    extra_refs = raw.get("outputs")
+    row["references"] = [str(o) for o in extra_refs] if isinstance(extra_refs, list) and extra_refs else refs
+    if isinstance(raw.get("prompt"), str):  # MiniLLM's files carry their exact prompt string
+        row["prompt"] = raw["prompt"]
+    return row
+
+
+def read_jsonl(path: str | Path, columns: dict | None = None, limit: int | None = None) -> list[dict]:
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such JSONL file")
+    rows = []
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                raw = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
+            if not isinstance(raw, dict):
+                raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(raw).__name__}")
+            rows.append(_normalize(raw, columns or {}, f"{path}:{lineno}"))
+            if limit is not None and len(rows) >= limit:
+                break
+    if not rows:
+        raise DataError(f"{path}: the file holds no rows")
+    return rows
+
+
+def read_hf(name: str, split: str, columns: dict | None = None, limit: int | None = None) -> list[dict]:
+    import datasets  # imported here: it is slow to import and only real-data runs need it
+
+    try:
+        ds = datasets.load_dataset(name, split=split)
+    except Exception as e:  # noqa: BLE001 - re-raised with the config key and the remedy
+        raise DataError(f"data source {name!r} (split {split!r}) could not be loaded: {e}. Offline, point "
+                        f"source.kind=jsonl and source.path at a local copy.") from e
+    rows = []
+    for i, raw in enumerate(ds):
+        rows.append(_normalize(dict(raw), columns or {}, f"{name}[{split}] row {i}"))
+        if limit is not None and len(rows) >= limit:
+            break
+    return rows
+
+
+def load_rows(source, embedded_cfg) -> list[dict]:
+    """Rows for one SourceConfig."""
+    if source.kind == "embedded":
+        splits = embedded_splits(embedded_cfg)
+        if source.split not in splits:
+            raise DataError(f"source.split={source.split!r}: the embedded benchmark has {sorted(splits)}")
+        rows = [dict(r, references=[r["output"]]) for r in splits[source.split]]
+        return rows[: source.limit] if source.limit is not None else rows
+    if source.kind == "jsonl":
+        if not source.path:
+            raise DataError("source.path is required for source.kind=jsonl")
+        return read_jsonl(source.path, dict(source.columns), source.limit)
+    if source.kind == "hf":
+        if not source.path:
+            raise DataError("source.path (a Hugging Face dataset id) is required for source.kind=hf")
+        return read_hf(source.path, source.split, dict(source.columns), source.limit)
+    raise DataError(f"source.kind={source.kind!r}: use embedded, jsonl or hf")

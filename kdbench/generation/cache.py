@@ -1,0 +1,45 @@
+"""A content-keyed cache of generations (teacher outputs): the key is a hash of the model's fingerprint, the
+prompts and every generation setting, so a hit is exactly what generating again would give. Entries are written
+atomically and computed under a file lock, so two sweep workers never compute or write the same entry twice."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+from filelock import FileLock
+
+from kdbench.generation.engine import GenerationResult
+from kdbench.tracking.atomic import atomic_write_json
+
+log = logging.getLogger(__name__)
+
+
+def generation_key(model_fingerprint: str, prompts: list[str], settings: dict) -> str:
+    h = hashlib.sha256()
+    h.update(json.dumps({"model": model_fingerprint, "settings": settings}, sort_keys=True).encode())
+    for p in prompts:
+        h.update(hashlib.sha256(p.encode()).digest())
+    return h.hexdigest()[:24]
+
+
+def cached_generate(cache_dir: str | Path, model_fingerprint: str, prompts: list[str], settings: dict,
+                    compute: Callable[[], GenerationResult]) -> tuple[GenerationResult, bool]:
+    """(result, hit). `compute` runs only on a miss, under the entry's lock."""
+    key = generation_key(model_fingerprint, prompts, settings)
+    path = Path(cache_dir) / "generations" / f"{key}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path) + ".lock"):
+        if path.is_file():
+            data = json.loads(path.read_text())
+            return GenerationResult(texts=data["texts"], n_truncated=data["n_truncated"],
+                                    new_tokens=data["new_tokens"], seconds=0.0), True
+        result = compute()
+        atomic_write_json(path, {"key": key, "model": model_fingerprint, "settings": settings,
+                                 "n_prompts": len(prompts), "texts": result.texts,
+                                 "n_truncated": result.n_truncated, "new_tokens": result.new_tokens,
+                                 "seconds": result.seconds})
+        return result, False

@@ -1,0 +1,151 @@
+"""Offline logit distillation: the student learns on the data's own responses, from the ground truth
+(cross-entropy) and from the teacher's next-token distribution at the same positions (a divergence).
+
+    loss = (1 - alpha) * CE + alpha * [T^2] * divergence(student, teacher; T)
+
+`sft` is alpha = 0 (the teacher is never run); `kd` is forward KL. Any divergence in kdbench.losses plugs in by
+name, so a new loss needs no new module.
+
+Two choices that matter for the numbers:
+- Logits are computed at response positions only: the LM head runs on the hidden states the loss reads, never on
+  prompt positions (on the embedded benchmark ~60% of tokens are prompt).
+- The loss is summed over tokens and divided by the token count of the whole optimizer step, with the step's
+  batch split into micro-batches here (manual optimization), so the micro-batch size never changes the objective;
+  Lightning's own accumulation would average micro-batch means instead.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+
+from kdbench.data.datamodule import IGNORE
+from kdbench.losses import DIVERGENCES
+
+
+def base_and_head(model):
+    """The decoder stack and LM head of a causal LM (Llama: .model / .lm_head; GPT-2: .transformer / .lm_head)."""
+    return getattr(model, model.base_model_prefix), model.get_output_embeddings()
+
+
+def response_logits(model, batch: dict, vocab_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits [N, V] at the N positions that predict a response token, and those tokens [N]."""
+    base, head = base_and_head(model)
+    hidden = base(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+    targets = batch["labels"][:, 1:]
+    at = targets != IGNORE
+    # Boolean indexing copies the selected rows: [N, H] is far smaller than the [B, T, V] logits it replaces.
+    logits = head(hidden[:, :-1][at])
+    return logits[:, :vocab_size], targets[at]
+
+
+def check_head_path(model, batch: dict) -> None:
+    """The response-only path assumes logits = lm_head(last hidden state); a model that scales or soft-caps its
+    logits (Gemma 2, Cohere) would be distilled on the wrong values. Checked once on a real batch."""
+    with torch.no_grad():
+        full = model(input_ids=batch["input_ids"][:1], attention_mask=batch["attention_mask"][:1]).logits
+        base, head = base_and_head(model)
+        ours = head(base(input_ids=batch["input_ids"][:1],
+                         attention_mask=batch["attention_mask"][:1]).last_hidden_state)
+    if not torch.allclose(full.float(), ours.float(), atol=1e-4, rtol=1e-3):
+        raise NotImplementedError(f"{type(model).__name__}: its logits are not lm_head(last hidden state) "
+                                  "(a logit scale or soft-cap?); kdbench's response-only logits do not support it yet")
+
+
+def cosine_with_warmup(step: int, warmup: int, total: int, min_ratio: float) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+class OfflineDistillation(L.LightningModule):
+    def __init__(self, student, teacher, method, optim, max_steps: int, vocab_size: int,
+                 micro_batch_size: int | None = None):
+        super().__init__()
+        self.automatic_optimization = False
+        self.student = student
+        # Held outside the module tree on purpose: not in checkpoints, not in the optimizer, not in .train().
+        self._teacher = [teacher] if teacher is not None else []
+        self.method, self.optim_cfg = method, optim
+        self.max_steps, self.vocab_size, self.micro_batch_size = max_steps, vocab_size, micro_batch_size
+        self.divergence = DIVERGENCES[method.divergence] if method.divergence and method.alpha > 0 else None
+        self.tokens_seen = 0
+        self._t0 = None
+
+    @property
+    def teacher(self):
+        return self._teacher[0] if self._teacher else None
+
+    def on_fit_start(self):
+        if self.teacher is not None:
+            self.teacher.to(self.device)
+
+    def loss_sums(self, batch: dict) -> dict:
+        """Summed (not averaged) CE and divergence over the batch's response tokens."""
+        s_logits, targets = response_logits(self.student, batch, self.vocab_size)
+        ce = F.cross_entropy(s_logits.float(), targets, reduction="sum")
+        out = {"ce": ce, "tokens": targets.numel()}
+        if self.divergence is not None:
+            with torch.no_grad():
+                t_logits, _ = response_logits(self.teacher, batch, self.vocab_size)
+            kd = self.divergence(s_logits, t_logits, temperature=self.method.temperature).sum()
+            if self.method.scale_by_t2:
+                kd = kd * self.method.temperature ** 2
+            out["kd"] = kd
+            out["loss"] = (1 - self.method.alpha) * ce + self.method.alpha * kd
+        else:
+            out["loss"] = ce
+        return out
+
+    def _micro_batches(self, batch: dict):
+        size = self.micro_batch_size or batch["input_ids"].shape[0]
+        for k in range(0, batch["input_ids"].shape[0], size):
+            yield {key: v[k:k + size] for key, v in batch.items()}
+
+    def training_step(self, batch, batch_idx):
+        if self._t0 is None:
+            self._t0 = time.perf_counter()
+        opt = self.optimizers()
+        sched = self.lr_schedulers()
+        n_tokens = int((batch["labels"][:, 1:] != IGNORE).sum())
+        totals = {}
+        for micro in self._micro_batches(batch):
+            sums = self.loss_sums(micro)
+            # Divide by the whole step's token count: the sum over micro-batches equals the full-batch loss.
+            self.manual_backward(sums["loss"] / max(n_tokens, 1))
+            for k, v in sums.items():
+                if k != "tokens":
+                    totals[k] = totals.get(k, 0.0) + float(v.detach())
+        self.clip_gradients(opt, gradient_clip_val=self.optim_cfg.grad_clip, gradient_clip_algorithm="norm")
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        sched.step()
+        self.tokens_seen += int(batch["attention_mask"].sum())
+        logs = {f"train/{k}": v / max(n_tokens, 1) for k, v in totals.items()}
+        logs["train/lr"] = sched.get_last_lr()[0]
+        logs["train/tokens_per_s"] = self.tokens_seen / max(time.perf_counter() - self._t0, 1e-9)
+        self.log_dict(logs, prog_bar=False, on_step=True, on_epoch=False, batch_size=batch["input_ids"].shape[0])
+        self.log("loss", logs["train/loss"], prog_bar=True, on_step=True, logger=False)
+
+    def validation_step(self, batch, batch_idx):
+        sums = self.loss_sums(batch)
+        n = max(sums["tokens"], 1)
+        bs = batch["input_ids"].shape[0]
+        self.log("val/ce", sums["ce"] / n, batch_size=bs, prog_bar=True)
+        if "kd" in sums:
+            self.log("val/kd", sums["kd"] / n, batch_size=bs)
+
+    def configure_optimizers(self):
+        o = self.optim_cfg
+        decay = [p for n, p in self.student.named_parameters() if p.requires_grad and p.ndim >= 2]
+        no_decay = [p for n, p in self.student.named_parameters() if p.requires_grad and p.ndim < 2]
+        opt = torch.optim.AdamW([{"params": decay, "weight_decay": o.weight_decay},
+                                 {"params": no_decay, "weight_decay": 0.0}], lr=o.lr, betas=(o.beta1, o.beta2))
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda s: cosine_with_warmup(s, o.warmup_steps, self.max_steps, o.min_lr_ratio))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

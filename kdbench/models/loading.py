@@ -1,0 +1,129 @@
+"""Load a teacher or student: a Hugging Face id or local folder, or a LLaMA-style model built from a config.
+
+The hub path is real code: a local folder (config.json + weights + tokenizer files) is what tests use, and a
+hub id resolves through the local Hugging Face cache first. Without the weights on disk and without network it
+fails at once with a message that says how to provide them, instead of transformers' ~45 s of retries.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import socket
+from pathlib import Path
+from urllib.parse import urlparse
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedModel
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class WeightsNotFoundError(RuntimeError):
+    pass
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    host = urlparse(endpoint).hostname or "huggingface.co"
+    try:
+        with socket.create_connection((host, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
+
+
+def _missing_weights(key: str, path: str, why: str) -> WeightsNotFoundError:
+    return WeightsNotFoundError(
+        f"{key}={path!r}: the weights are not on disk ({why}). Provide them: on a machine with network run "
+        f"`huggingface-cli download {path}` (they land in the Hugging Face cache, "
+        f"{os.environ.get('HF_HOME', '~/.cache/huggingface')}; copy that folder here), or download the model "
+        f"folder (config.json, weights, tokenizer files) anywhere and set {key}=/path/to/that/folder."
+    )
+
+
+def load_pretrained(path: str, key: str, dtype: str = "float32", tokenizer_path: str | None = None):
+    """(model, tokenizer) from a local folder or a hub id, failing fast when the weights are not on disk."""
+    local = Path(path).expanduser()
+    if local.exists():
+        if not (local / "config.json").is_file():
+            raise FileNotFoundError(f"{key}={path!r}: the folder has no config.json; expected a model saved with "
+                                    f"save_pretrained (config.json, weights, tokenizer files)")
+        source, local_only = str(local), True
+    else:
+        source, local_only = path, True
+        try:  # The local HF cache first: no network, no retries.
+            return _load(source, dtype, tokenizer_path, local_files_only=True)
+        except OSError:
+            if _offline():
+                raise _missing_weights(key, path, "not in the Hugging Face cache and HF_HUB_OFFLINE=1") from None
+            if not _hub_reachable():
+                raise _missing_weights(key, path, "not in the Hugging Face cache and the hub is unreachable") from None
+            local_only = False
+    return _load(source, dtype, tokenizer_path, local_files_only=local_only)
+
+
+def _load(source: str, dtype: str, tokenizer_path: str | None, local_files_only: bool):
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_path or source, local_files_only=local_files_only)
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=DTYPES[dtype], local_files_only=local_files_only)
+    model.kdbench_fingerprint = fingerprint_folder(model.config.name_or_path, source)
+    return model, prepare_tokenizer(tokenizer)
+
+
+def prepare_tokenizer(tokenizer):
+    """Left padding (batched generation needs it) and a pad token (GPT-2 and LLaMA tokenizers ship none)."""
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    return tokenizer
+
+
+def fingerprint_folder(resolved: str, name: str) -> str:
+    """What identifies a pretrained model's weights for content-keyed caches: its files' names, sizes and mtimes
+    (hashing multi-GB weights on every run would cost more than the cache saves)."""
+    folder = Path(resolved)
+    entries = []
+    if folder.is_dir():
+        for f in sorted(folder.iterdir()):
+            if f.is_file():
+                st = f.stat()
+                entries.append((f.name, st.st_size, int(st.st_mtime)))
+    return hashlib.sha256(json.dumps([name, str(folder), entries]).encode()).hexdigest()[:16]
+
+
+def build_from_arch(arch, tokenizer, seed: int, dtype: str = "float32") -> PreTrainedModel:
+    """A LLaMA-style decoder with random init, sized to the tokenizer."""
+    if arch.family != "llama":
+        raise ValueError(f"arch.family={arch.family!r}: only llama is built from a config")
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=arch.hidden_size, intermediate_size=arch.intermediate_size,
+        num_hidden_layers=arch.num_layers, num_attention_heads=arch.num_heads, num_key_value_heads=arch.num_heads,
+        max_position_embeddings=arch.max_position_embeddings, tie_word_embeddings=arch.tie_word_embeddings,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(config)
+    return model.to(DTYPES[dtype])
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    # Tied embeddings are one tensor: count unique storages, not modules.
+    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+
+
+def freeze(model: PreTrainedModel) -> PreTrainedModel:
+    """The teacher: eval mode (no dropout) and no gradients."""
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model

@@ -1,0 +1,78 @@
+"""`kdbench-report DIR`: print a comparison table of every finished run under DIR."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from kdbench.report.collect import collect_results
+from kdbench.report.compare import build_table
+from kdbench.report.render import render_csv, render_markdown
+from kdbench.report.run_table import headline_metrics
+from kdbench.tracking.atomic import atomic_write_text
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="kdbench-report",
+        description="Compare finished kdbench runs: reads every complete results.json under DIR.")
+    parser.add_argument("dir", metavar="DIR", help="directory searched recursively for results.json")
+    parser.add_argument("--metrics", help="comma-separated metric keys to show, or all (default: each set's rouge_l and exact_match)")
+    parser.add_argument("--format", choices=["md", "csv"], default="md", help="output format (default: md)")
+    parser.add_argument("--out", metavar="FILE", help="also write the table to FILE (atomically)")
+    parser.add_argument("--precision", type=int, default=1, metavar="N",
+                        help="decimals in the markdown table (default: 1)")
+    parser.add_argument("--delta", action="store_true", help="markdown: show each method's change vs sft")
+    args = parser.parse_args(argv)
+    if args.precision < 0:
+        parser.error("--precision must be >= 0")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Returns the exit status: 0 ok, 1 nothing to report / cannot write, 2 bad DIR (argparse: 2 as well)."""
+    args = _parse_args(argv)
+    # Skipped files are reported through logging; make sure they reach stderr when run as a command.
+    logging.basicConfig(level=logging.WARNING, format="warning: %(message)s")
+
+    try:
+        results = collect_results(args.dir)
+    except (FileNotFoundError, NotADirectoryError) as e:
+        print(f"kdbench-report: error: {e}", file=sys.stderr)
+        return 2
+    if not results:
+        print(f"kdbench-report: no complete results.json found under {args.dir}", file=sys.stderr)
+        return 1
+
+    # Default columns: each set's overall ROUGE-L and exact match; `--metrics all` shows every key (per category).
+    metrics = list(dict.fromkeys(k for r in results for k in headline_metrics(r))) or None
+    if args.metrics == "all":
+        metrics = None
+    elif args.metrics:
+        metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
+    table = build_table(results, metrics)
+    if metrics is not None:
+        for key in metrics:
+            if not any(key in row.cells for row in table.rows):
+                print(f"kdbench-report: warning: no run reports metric {key!r}", file=sys.stderr)
+
+    if args.format == "csv":
+        text = render_csv(table)
+    else:
+        text = render_markdown(table, precision=args.precision, show_delta=args.delta)
+
+    sys.stdout.write(text)
+    if args.out:
+        try:
+            atomic_write_text(args.out, text)
+        except OSError as e:
+            print(f"kdbench-report: error: cannot write {args.out}: {e}", file=sys.stderr)
+            return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,145 @@
+"""Group runs into (method, student) rows and aggregate each metric over seeds."""
+
+from __future__ import annotations
+
+import logging
+import math
+import statistics
+from dataclasses import dataclass, field
+
+logger = logging.getLogger(__name__)
+
+TEACHER_METHOD = "teacher"
+BASELINE_METHOD = "sft"
+
+
+@dataclass
+class Cell:
+    """One metric of one row, aggregated over the seeds that reported it."""
+
+    mean: float
+    std: float | None  # sample std (ddof=1); None with one value, where it is undefined
+    n: int
+
+
+@dataclass
+class Row:
+    method: str
+    student: str  # for the teacher row: the teacher's name
+    n_seeds: int
+    cells: dict[str, Cell]
+    # method mean minus the same student's sft mean, per metric; empty for sft itself, the teacher, and
+    # students without an sft row.
+    delta_vs_sft: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class Table:
+    columns: list[str]
+    rows: list[Row]
+
+    def row(self, method: str, student: str) -> Row | None:
+        """The row for (method, student), or None."""
+        for r in self.rows:
+            if r.method == method and r.student == student:
+                return r
+        return None
+
+
+def _metric_values(metrics: object) -> dict[str, float]:
+    """The finite numeric entries of a metrics dict; anything else counts as missing, not as zero."""
+    if not isinstance(metrics, dict):
+        return {}
+    out = {}
+    for key, value in metrics.items():
+        # bool is an int subclass; a True metric is a bug upstream, not a 1.0.
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            out[key] = float(value)
+    return out
+
+
+def _aggregate(values: list[float]) -> Cell:
+    std = statistics.stdev(values) if len(values) > 1 else None
+    return Cell(mean=statistics.fmean(values), std=std, n=len(values))
+
+
+def _method_key(method: str) -> tuple:
+    # sft is the baseline every KD method is read against, so it sits first within each student.
+    return (method != BASELINE_METHOD, method)
+
+
+def build_table(results: list[dict], metrics: list[str] | None = None) -> Table:
+    """Aggregate collected results into a Table: teacher rows first, then students by size, then methods.
+
+    `metrics=None` takes the union of metric keys over all results (student then teacher keys, first-seen
+    order). A requested metric that no run reports still gets a column: it renders as missing, which is
+    more honest than silently dropping it.
+    """
+    # group key -> {seed: metrics}; one entry per seed so a duplicated run cannot inflate n.
+    groups: dict[tuple[str, str], dict[object, dict[str, float]]] = {}
+    teachers: dict[str, dict[object, dict[str, float]]] = {}
+    student_params: dict[str, float] = {}
+    seen_keys: dict[str, None] = {}  # ordered set
+
+    for r in results:
+        where = r.get("_path", "<result>")
+        labels = r.get("labels")
+        if not isinstance(labels, dict) or "method" not in labels or "student" not in labels:
+            logger.warning("skipping %s: labels.method / labels.student missing", where)
+            continue
+        method, student, seed = str(labels["method"]), str(labels["student"]), labels.get("seed")
+
+        values = _metric_values(r.get("metrics"))
+        teacher_values = _metric_values(r.get("teacher_metrics"))
+        for key in [*values, *teacher_values]:
+            seen_keys.setdefault(key, None)
+
+        seeds = groups.setdefault((method, student), {})
+        if seed in seeds:
+            logger.warning("%s: duplicate run for method=%s student=%s seed=%s; keeping the first",
+                           where, method, student, seed)
+        else:
+            seeds[seed] = values
+        params = labels.get("student_params")
+        if params is not None and student not in student_params:
+            student_params[student] = params
+
+        if teacher_values:
+            teacher = labels.get("teacher")
+            if teacher is None:
+                logger.warning("%s: teacher_metrics without labels.teacher; teacher row not counted", where)
+            else:
+                # Every run of a sweep repeats the same teacher evaluation; keep one per seed so the teacher
+                # row aggregates over seeds like any other row instead of counting each method's copy.
+                teachers.setdefault(str(teacher), {}).setdefault(seed, teacher_values)
+
+    columns = list(metrics) if metrics is not None else list(seen_keys)
+
+    def make_row(method: str, student: str, per_seed: dict[object, dict[str, float]]) -> Row:
+        cells = {}
+        for key in columns:
+            vals = [m[key] for m in per_seed.values() if key in m]
+            if vals:
+                cells[key] = _aggregate(vals)
+        return Row(method=method, student=student, n_seeds=len(per_seed), cells=cells)
+
+    rows = [make_row(TEACHER_METHOD, name, per_seed) for name, per_seed in teachers.items()]
+
+    def student_key(student: str) -> tuple:
+        # Smaller students first (the survey reading order); unknown sizes after, by name.
+        if student in student_params:
+            return (0, student_params[student], student)
+        return (1, 0, student)
+
+    student_rows = [make_row(m, s, per_seed) for (m, s), per_seed in groups.items()]
+    student_rows.sort(key=lambda row: (student_key(row.student), _method_key(row.method)))
+
+    sft = {row.student: row for row in student_rows if row.method == BASELINE_METHOD}
+    for row in student_rows:
+        base = sft.get(row.student)
+        if base is None or row is base:
+            continue
+        row.delta_vs_sft = {key: cell.mean - base.cells[key].mean
+                            for key, cell in row.cells.items() if key in base.cells}
+
+    return Table(columns=columns, rows=rows + student_rows)

@@ -1,0 +1,23 @@
+"""The table one `kdbench` run prints at its end: its student row beside the teacher's."""
+
+from __future__ import annotations
+
+from kdbench.report.compare import build_table
+from kdbench.report.render import render_markdown
+
+
+def headline_metrics(record: dict) -> list[str]:
+    """Each evaluation set's overall ROUGE-L and exact match (not the per-category breakdown)."""
+    keys = []
+    for key in record.get("metrics", {}):
+        parts = key.split("/")
+        if len(parts) == 2 and parts[1] in ("rouge_l", "exact_match"):
+            keys.append(key)
+    return keys
+
+
+def print_run_table(record: dict) -> None:
+    table = build_table([record], metrics=headline_metrics(record))
+    print()
+    print(render_markdown(table))
+    print(f"\nresults: {record.get('artifacts', {}).get('run_dir', '')}/results.json", flush=True)

@@ -1,0 +1,112 @@
+"""The teacher stage: a teacher built from a config is fine-tuned on the train split once, then reused.
+
+The trained teacher is cached under a key derived from everything that determines it (architecture, data,
+tokenizer, fine-tuning config, seed). Every later run and every sweep cell with the same key loads it; two
+workers that need it at once wait on a file lock instead of training it twice. The package ships the default
+teacher as an asset under the same key, produced by this same stage (its RECIPE.md says how).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from filelock import FileLock
+from omegaconf import OmegaConf
+from transformers import AutoModelForCausalLM
+
+from kdbench.data.datamodule import InstructionDataModule
+from kdbench.data.sources import load_rows
+from kdbench.methods.fit import fit, make_trainer
+from kdbench.methods.offline import OfflineDistillation
+from kdbench.models.loading import build_from_arch, count_parameters
+from kdbench.paths import ASSETS_DIR
+from kdbench.schema import MethodConfig
+from kdbench.stages.keys import content_key
+from kdbench.tracking.atomic import atomic_publish_dir, atomic_write_json
+
+log = logging.getLogger(__name__)
+TEACHER_STAGE_VERSION = 1
+
+
+def teacher_key(teacher_cfg, data_cfg, tokenizer_key: str) -> str:
+    return content_key("teacher", stage=TEACHER_STAGE_VERSION, arch=teacher_cfg.arch, dtype=teacher_cfg.dtype,
+                       finetune=teacher_cfg.finetune, data=data_cfg, tokenizer=tokenizer_key)
+
+
+def find_teacher(key: str, cache_dir: str | Path) -> Path | None:
+    for folder in (Path(cache_dir) / "teachers" / key, ASSETS_DIR / "teachers" / key):
+        if (folder / "model.safetensors").is_file():
+            return folder
+    return None
+
+
+def load_teacher_folder(folder: Path, key: str):
+    model = AutoModelForCausalLM.from_pretrained(str(folder), local_files_only=True)
+    model.kdbench_fingerprint = f"teacher-stage-{key}"
+    return model
+
+
+def teacher_stage(cfg, tokenizer, cache_dir: str | Path, show_progress: bool = True):
+    """The fine-tuned teacher for cfg.teacher (source=scratch), trained only if no cache or asset has it."""
+    key = teacher_key(cfg.teacher, cfg.data, tokenizer.kdbench_key)
+    found = find_teacher(key, cache_dir)
+    if found is not None:
+        log.info("teacher %s: reusing the fine-tuned teacher %s from %s", cfg.teacher.name, key, found)
+        return load_teacher_folder(found, key), key
+    target = Path(cache_dir) / "teachers" / key
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target) + ".lock"):
+        found = find_teacher(key, cache_dir)  # another worker may have finished it while we waited
+        if found is None:
+            log.info("teacher %s: no fine-tuned teacher %s in the cache; training it (teacher stage)",
+                     cfg.teacher.name, key)
+            _train(cfg, tokenizer, key, target, show_progress)
+            found = target
+        else:
+            log.info("teacher %s: trained meanwhile by another worker; reusing %s", cfg.teacher.name, key)
+    return load_teacher_folder(found, key), key
+
+
+def _train(cfg, tokenizer, key: str, target: Path, show_progress: bool) -> None:
+    ft = cfg.teacher.finetune
+    t0 = time.perf_counter()
+    model = build_from_arch(cfg.teacher.arch, tokenizer, seed=ft.seed, dtype=cfg.teacher.dtype)
+    train_rows = load_rows(cfg.data.train, cfg.data.embedded)
+    val_rows = load_rows(cfg.data.validation, cfg.data.embedded)
+    dm = InstructionDataModule(train_rows, val_rows, tokenizer, ft.batch_size, ft.seed,
+                               cfg.data.max_prompt_length, cfg.data.max_response_length)
+    sft = OmegaConf.structured(MethodConfig(name="sft"))
+    module = OfflineDistillation(model, None, sft, ft.optim, ft.max_steps, len(tokenizer))
+    torch.manual_seed(ft.seed)
+    trainer = make_trainer(cfg.trainer, ft.max_steps, progress=show_progress)
+    fit(module, dm, trainer)
+    val = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{key}."))
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    atomic_write_json(tmp / "kdbench_recipe.json", {
+        "key": key, "stage_version": TEACHER_STAGE_VERSION, "teacher": OmegaConf.to_container(cfg.teacher),
+        "data": OmegaConf.to_container(cfg.data, resolve=True), "parameters": count_parameters(model),
+        "train_seconds": round(time.perf_counter() - t0, 1), "final_validation": val,
+        "reproduce": "kdbench-teacher " + " ".join(_overrides()),
+    })
+    atomic_publish_dir(tmp, target)
+    log.info("teacher %s: trained in %.0f s, saved as %s", cfg.teacher.name, time.perf_counter() - t0, target)
+
+
+def _overrides() -> list[str]:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return list(HydraConfig.get().overrides.task)
+    except Exception:  # noqa: BLE001 - outside a Hydra app (tests) there are no overrides to record
+        return []
+
+
+def recipe(folder: Path) -> dict:
+    return json.loads((folder / "kdbench_recipe.json").read_text())

@@ -1,0 +1,43 @@
+"""Atomic writes: a reader sees the old file or the new one, never half of one (temp file + fsync + rename)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; results and reports are meant to be shared
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_json(path: str | Path, obj) -> Path:
+    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def atomic_publish_dir(tmp_dir: Path, final_dir: Path) -> Path:
+    """Move a fully written folder into place; if another worker won the race, keep theirs."""
+    final_dir.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.replace(tmp_dir, final_dir)
+    except OSError:
+        if final_dir.is_dir():
+            shutil.rmtree(tmp_dir, ignore_errors=True)
+        else:
+            raise
+    return final_dir

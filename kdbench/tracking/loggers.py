@@ -1,0 +1,57 @@
+"""W&B through Lightning's logger, offline by default (no login, no network). `logger.kind=none` logs nothing.
+
+Secrets never reach W&B: only the resolved kdbench config is logged, and it holds the *names* of environment
+variables that carry API keys, never their values.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def make_logger(logger_cfg, run_dir: Path, run_name: str, group: str, config: dict):
+    if logger_cfg.kind == "none" or logger_cfg.mode == "disabled":
+        return None
+    from lightning.pytorch.loggers import WandbLogger
+
+    mode = logger_cfg.mode
+    if mode == "online" and not _logged_in():
+        raise RuntimeError("logger.mode=online but W&B has no API key (run `wandb login` or set WANDB_API_KEY); "
+                           "use logger.mode=offline to log locally and `wandb sync` later")
+    os.environ.setdefault("WANDB_SILENT", "true")
+    logger = WandbLogger(
+        project=logger_cfg.project, entity=logger_cfg.entity, name=run_name, group=logger_cfg.group or group,
+        tags=list(logger_cfg.tags), save_dir=str(run_dir), offline=(mode == "offline"), config=config,
+        # A readable id from the run's folder would collide across re-runs; let W&B pick one.
+    )
+    return logger
+
+
+def _logged_in() -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    netrc = Path.home() / ".netrc"
+    return netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="ignore")
+
+
+def log_final(logger, metrics: dict, samples: list[dict]) -> None:
+    """Evaluation metrics as `eval/<set>/<metric>` (+ teacher) and a table of sample generations."""
+    if logger is None:
+        return
+    logger.log_metrics(metrics)
+    if samples:
+        cols = ["model", "set", "category", "prompt", "reference", "generation"]
+        logger.log_table(key="eval/samples", columns=cols, data=[[s[c] for c in cols] for s in samples])
+
+
+def finish(logger) -> None:
+    if logger is None:
+        return
+    import wandb
+
+    if wandb.run is not None:
+        wandb.finish()
+    # finish() can return before the offline writer has flushed the .wandb file; teardown waits for it, so a
+    # reader in this process (or the next cell in this sweep worker) sees the whole run.
+    wandb.teardown()

@@ -1,0 +1,74 @@
+"""results.json: the one record of a run that reports and resumption read (never logs).
+
+It holds the resolved config, the metrics of the student and the teacher, the seed, package versions, git
+revision, hardware and wall time, and the paths of artifacts. Written atomically; `status: complete` is only
+set by the final write, so a file from an interrupted run is never mistaken for a finished one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+from importlib import metadata
+from pathlib import Path
+
+from kdbench.tracking.atomic import atomic_write_json
+
+RESULTS_FILE = "results.json"
+SCHEMA_VERSION = 1
+_PACKAGES = ("kdbench", "torch", "transformers", "lightning", "hydra-core", "wandb", "lm_eval", "rouge-score",
+             "tokenizers", "datasets")
+
+
+def package_versions() -> dict[str, str]:
+    out = {}
+    for name in _PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def git_revision() -> dict:
+    repo = Path(__file__).resolve().parents[2]
+    try:
+        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=5)
+        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=repo, capture_output=True, text=True,
+                               timeout=5)
+        if rev.returncode == 0:
+            return {"revision": rev.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return {"revision": None, "dirty": None}  # an installed wheel has no repository
+
+
+def hardware() -> dict:
+    import torch
+
+    info = {"platform": platform.platform(), "python": platform.python_version(), "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(), "processor": platform.processor() or platform.machine()}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def results_path(run_dir: str | Path) -> Path:
+    return Path(run_dir) / RESULTS_FILE
+
+
+def read_results(run_dir: str | Path) -> dict | None:
+    """The run's results if it finished, else None (missing, partial or unreadable)."""
+    path = results_path(run_dir)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return data if data.get("status") == "complete" else None
+
+
+def write_results(run_dir: str | Path, record: dict) -> Path:
+    record = {"schema_version": SCHEMA_VERSION, **record}
+    return atomic_write_json(results_path(run_dir), record)

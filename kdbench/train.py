@@ -1,0 +1,166 @@
+"""`kdbench`: compose the config -> load teacher and student -> distill -> evaluate -> record.
+
+This file orchestrates and computes nothing itself; follow a run down the stages it calls:
+models/ (loading, the teacher stage), data/, methods/, evaluation/, tracking/, report/.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+from kdbench.paths import conf_dir, sweeps_dir
+from kdbench.schema import register_configs
+
+log = logging.getLogger("kdbench")
+
+
+def _threads(cfg) -> int:
+    """One torch thread per worker in a parallel sweep (small models: two 1-thread processes beat one 2-thread
+    process by a wide margin on 2 cores), all cores for a single run."""
+    if cfg.trainer.num_threads:
+        return cfg.trainer.num_threads
+    hc = HydraConfig.get()
+    cores = os.cpu_count() or 1
+    if hc.mode == RunMode.MULTIRUN:
+        n_jobs = OmegaConf.select(hc, "launcher.n_jobs", default=1) or 1
+        return max(1, cores // max(1, n_jobs if n_jobs > 0 else cores))
+    return cores
+
+
+def run(cfg: DictConfig) -> dict:
+    import torch
+
+    from kdbench.data.datamodule import InstructionDataModule
+    from kdbench.data.sources import load_rows
+    from kdbench.evaluation.suite import evaluate_model
+    from kdbench.methods.fit import fit, make_trainer
+    from kdbench.methods.offline import OfflineDistillation, check_head_path
+    from kdbench.models.compat import check_distillable
+    from kdbench.models.resolve import load_student, load_teacher
+    from kdbench.report.run_table import print_run_table
+    from kdbench.schema import validate
+    from kdbench.tracking.loggers import finish, log_final, make_logger
+    from kdbench.tracking.results import git_revision, hardware, package_versions, read_results, write_results
+
+    t_start = time.perf_counter()
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    cell = HydraConfig.get().job.override_dirname or "default"
+    done = read_results(run_dir)
+    if done is not None and not cfg.force:
+        log.info("%s: finished earlier (results.json exists); skipping. Pass force=true to redo it.", run_dir)
+        print_run_table(done)
+        return done
+
+    validate(cfg)
+    torch.set_num_threads(_threads(cfg))
+    torch.manual_seed(cfg.seed)
+    cache_dir = Path(os.path.expanduser(cfg.paths.cache_dir))
+    method = cfg.method
+    whitebox = method.divergence is not None and method.alpha > 0
+
+    teacher = load_teacher(cfg, cache_dir, cfg.trainer.progress) if (whitebox or cfg.eval.teacher) else None
+    student = load_student(cfg, cache_dir, teacher.tokenizer if teacher else None)
+    vocab_size = len(student.tokenizer)
+    if whitebox:
+        vocab_size = check_distillable(teacher.tokenizer, student.tokenizer, whitebox, method.name)
+    log.info("teacher %s (%s params), student %s (%s params), method %s",
+             teacher.name if teacher else "-", f"{teacher.parameters:,}" if teacher else "-",
+             student.name, f"{student.parameters:,}", method.name)
+
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    logger = make_logger(cfg.logger, run_dir, run_name=f"{cfg.sweep_name}/{cell}", group=cfg.sweep_name,
+                         config=resolved)
+    try:
+        train_rows = load_rows(cfg.data.train, cfg.data.embedded)
+        val_rows = load_rows(cfg.data.validation, cfg.data.embedded)
+        dm = InstructionDataModule(train_rows, val_rows, student.tokenizer, cfg.trainer.batch_size, cfg.seed,
+                                   cfg.data.max_prompt_length, cfg.data.max_response_length)
+        module = OfflineDistillation(student.model, teacher.model if whitebox else None, method, cfg.trainer.optim,
+                                     cfg.trainer.max_steps, vocab_size, cfg.trainer.micro_batch_size)
+        probe = dm._collate([dm.train_set[0]])
+        check_head_path(student.model, probe)
+        if whitebox:
+            check_head_path(teacher.model, probe)
+        t_train = time.perf_counter()
+        trainer = make_trainer(cfg.trainer, cfg.trainer.max_steps, logger, str(run_dir))
+        fit(module, dm, trainer)
+        train_seconds = time.perf_counter() - t_train
+
+        t_eval = time.perf_counter()
+        s_eval = evaluate_model(student.model, student.tokenizer, cfg.eval, cfg.data.embedded, "student",
+                                show_progress=cfg.trainer.progress)
+        t_metrics, samples = {}, list(s_eval.samples)
+        if teacher is not None and cfg.eval.teacher:
+            t_eval_out = evaluate_model(teacher.model, teacher.tokenizer, cfg.eval, cfg.data.embedded, "teacher",
+                                        cache_dir=str(cache_dir), fingerprint=teacher.fingerprint,
+                                        show_progress=cfg.trainer.progress)
+            t_metrics, samples = t_eval_out.metrics, samples + t_eval_out.samples
+        eval_seconds = time.perf_counter() - t_eval
+
+        log_final(logger, {**{f"eval/{k}": v for k, v in s_eval.metrics.items()},
+                           **{f"teacher/{k}": v for k, v in t_metrics.items()}}, samples)
+        record = {
+            "status": "complete",
+            "labels": {"method": method.name, "student": student.name, "teacher": teacher.name if teacher else None,
+                       "seed": cfg.seed, "student_params": student.parameters,
+                       "teacher_params": teacher.parameters if teacher else None, "sweep": cfg.sweep_name,
+                       "cell": cell},
+            "metrics": s_eval.metrics,
+            "teacher_metrics": t_metrics,
+            "train": {"steps": int(trainer.global_step), "tokens": module.tokens_seen,
+                      "seconds": round(train_seconds, 1),
+                      "final": {k: float(v) for k, v in trainer.callback_metrics.items()},
+                      "truncated_prompts": dm.train_set.n_truncated},
+            "cost": {"train_tokens": module.tokens_seen,
+                     "teacher_forward_tokens": module.tokens_seen if whitebox else 0,
+                     "generated_tokens": s_eval.new_tokens, "eval_seconds": round(eval_seconds, 1)},
+            "samples": samples[: cfg.eval.num_samples],
+            "config": resolved,
+            "seed": cfg.seed,
+            "versions": package_versions(),
+            "git": git_revision(),
+            "hardware": hardware(),
+            "wall_time_s": round(time.perf_counter() - t_start, 1),
+            "artifacts": {"run_dir": str(run_dir), "wandb_dir": str(run_dir / "wandb") if logger else None},
+        }
+        write_results(run_dir, record)
+    finally:
+        # In a finally: one failed cell must not leave a W&B run open and sink the rest of a multirun.
+        finish(logger)
+    print_run_table(record)
+    return record
+
+
+@hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="train")
+def _hydra_main(cfg: DictConfig) -> None:
+    run(cfg)
+
+
+def with_sweeps_on_searchpath(argv: list[str]) -> list[str]:
+    """Make `--config-name <sweep>` find the files in sweeps/ from any folder (they are primary configs)."""
+    if any(a.startswith("hydra.searchpath") for a in argv):
+        return argv
+    return argv + [f"hydra.searchpath=[file://{sweeps_dir()}]"]
+
+
+def cli() -> None:
+    logging.basicConfig(level=logging.INFO, format="[%(name)s] %(message)s")
+    os.environ.setdefault("WANDB_MODE", "offline")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    register_configs()
+    sys.argv = with_sweeps_on_searchpath(sys.argv)
+    _hydra_main()
+
+
+if __name__ == "__main__":
+    cli()

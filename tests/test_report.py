@@ -1,0 +1,284 @@
+"""Report stage: hand-made results.json files in, tables out."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import math
+
+import pytest
+
+from kdbench.report import build_table, collect_results, render_markdown
+from kdbench.report.cli import main
+from kdbench.report.render import render_csv
+
+RL = "embedded_test/rouge_l"
+EM = "embedded_test/exact_match"
+TEACHER = {RL: 90.0, EM: 70.0}
+
+
+def write_result(root, name, method="kd", student="tiny", seed=0, params=100_000, metrics=None,
+                 teacher_metrics=TEACHER, status="complete", teacher="teacher-1M"):
+    """Write one results.json under root/name/ and return its path."""
+    labels = {"method": method, "student": student, "teacher": teacher, "seed": seed}
+    if params is not None:
+        labels["student_params"] = params
+    data = {"status": status, "labels": labels,
+            "metrics": {RL: 40.0, EM: 20.0} if metrics is None else metrics}
+    if teacher_metrics is not None:
+        data["teacher_metrics"] = teacher_metrics
+    path = root / name / "results.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data))
+    return path
+
+
+def table_for(root, metrics=None):
+    return build_table(collect_results(root), metrics)
+
+
+def body_lines(md):
+    """The data rows of a markdown table, split into stripped cells."""
+    lines = md.strip().splitlines()[2:]
+    return [[c.strip() for c in line.strip("|").split("|")] for line in lines]
+
+
+# --- aggregation -----------------------------------------------------------------------------------------
+
+def test_two_seeds_mean_and_sample_std(tmp_path):
+    write_result(tmp_path, "a", seed=0, metrics={RL: 40.0, EM: 20.0})
+    write_result(tmp_path, "b", seed=1, metrics={RL: 44.0, EM: 20.0})
+    table = table_for(tmp_path)
+    cell = table.row("kd", "tiny").cells[RL]
+    assert cell.n == 2
+    assert cell.mean == pytest.approx(42.0)
+    assert cell.std == pytest.approx(math.sqrt(8))  # ddof=1: ((2^2 + 2^2) / 1) ** 0.5
+    assert table.row("kd", "tiny").cells[EM].std == pytest.approx(0.0)
+    md = render_markdown(table)
+    assert "42.0 ± 2.8" in md
+    assert "20.0 ± 0.0" in md
+
+
+def test_single_seed_has_no_std(tmp_path):
+    write_result(tmp_path, "a", metrics={RL: 40.04, EM: 20.0})
+    table = table_for(tmp_path)
+    cell = table.row("kd", "tiny").cells[RL]
+    assert cell.std is None and cell.n == 1
+    row = body_lines(render_markdown(table))[1]
+    assert row[:3] == ["kd", "tiny", "1"]
+    assert row[3] == "40.0"
+    assert "±" not in "".join(row)
+
+
+def test_precision(tmp_path):
+    write_result(tmp_path, "a", metrics={RL: 40.04, EM: 20.0})
+    assert "40.04" in render_markdown(table_for(tmp_path), precision=2)
+
+
+def test_teacher_row_once_and_first(tmp_path):
+    # Two methods x two seeds all repeat the same teacher evaluation: one teacher row, one value per seed.
+    for method in ("sft", "kd"):
+        for seed in (0, 1):
+            write_result(tmp_path, f"{method}-{seed}", method=method, seed=seed)
+    table = table_for(tmp_path)
+    teacher_rows = [r for r in table.rows if r.method == "teacher"]
+    assert len(teacher_rows) == 1
+    assert table.rows[0] is teacher_rows[0]
+    assert teacher_rows[0].student == "teacher-1M"
+    assert teacher_rows[0].n_seeds == 2
+    assert teacher_rows[0].cells[RL].mean == pytest.approx(90.0)
+    assert body_lines(render_markdown(table))[0][:3] == ["teacher", "teacher-1M", "2"]
+
+
+def test_teacher_values_from_several_seeds_are_averaged(tmp_path):
+    write_result(tmp_path, "a", seed=0, teacher_metrics={RL: 90.0})
+    write_result(tmp_path, "b", seed=1, teacher_metrics={RL: 92.0})
+    cell = table_for(tmp_path).row("teacher", "teacher-1M").cells[RL]
+    assert (cell.mean, cell.n) == (pytest.approx(91.0), 2)
+
+
+def test_no_teacher_metrics_means_no_teacher_row(tmp_path):
+    write_result(tmp_path, "a", teacher_metrics=None)
+    write_result(tmp_path, "b", method="sft", teacher_metrics={})
+    assert all(r.method != "teacher" for r in table_for(tmp_path).rows)
+
+
+def test_row_order(tmp_path):
+    # Written in a scrambled order on purpose; params put "small" (1M) after "tiny" (100k) despite the names.
+    write_result(tmp_path, "01", method="seqkd", student="small", params=1_000_000)
+    write_result(tmp_path, "02", method="kd", student="tiny", params=100_000)
+    write_result(tmp_path, "03", method="sft", student="small", params=1_000_000)
+    write_result(tmp_path, "04", method="akl", student="tiny", params=100_000)
+    write_result(tmp_path, "05", method="sft", student="tiny", params=100_000)
+    write_result(tmp_path, "06", method="kd", student="small", params=1_000_000)
+    write_result(tmp_path, "07", method="sft", student="zeta-unknown-size", params=None)
+    write_result(tmp_path, "08", method="kd", student="alpha-unknown-size", params=None)
+    order = [(r.method, r.student) for r in table_for(tmp_path).rows]
+    assert order == [
+        ("teacher", "teacher-1M"),
+        ("sft", "tiny"), ("akl", "tiny"), ("kd", "tiny"),
+        ("sft", "small"), ("kd", "small"), ("seqkd", "small"),
+        ("kd", "alpha-unknown-size"),
+        ("sft", "zeta-unknown-size"),
+    ]
+
+
+def test_metric_columns_default_union_in_first_seen_order(tmp_path):
+    write_result(tmp_path, "a", metrics={RL: 40.0}, teacher_metrics={RL: 90.0})
+    write_result(tmp_path, "b", method="sft", metrics={EM: 10.0, "embedded_test/extra": 1.0},
+                 teacher_metrics={RL: 90.0})
+    assert table_for(tmp_path).columns == [RL, EM, "embedded_test/extra"]
+    assert table_for(tmp_path, metrics=[EM]).columns == [EM]
+
+
+def test_missing_metric_renders_dash(tmp_path):
+    write_result(tmp_path, "a", method="sft", metrics={RL: 40.0, EM: 20.0})
+    write_result(tmp_path, "b", method="kd", metrics={RL: 45.0})  # no exact_match
+    table = table_for(tmp_path)
+    assert EM not in table.row("kd", "tiny").cells
+    rows = {(r[0], r[1]): r for r in body_lines(render_markdown(table))}
+    header = [c.strip() for c in render_markdown(table).splitlines()[0].strip("|").split("|")]
+    assert rows[("kd", "tiny")][header.index(EM)] == "—"
+    assert rows[("sft", "tiny")][header.index(EM)] == "20.0"
+
+
+def test_cell_with_fewer_values_than_seeds_says_n(tmp_path):
+    write_result(tmp_path, "a", seed=0, metrics={RL: 40.0, EM: 20.0})
+    write_result(tmp_path, "b", seed=1, metrics={RL: 44.0})
+    md = render_markdown(table_for(tmp_path))
+    assert "20.0 (n=1)" in md
+    assert "42.0 ± 2.8 |" in md
+
+
+def test_delta_vs_sft(tmp_path):
+    write_result(tmp_path, "sft0", method="sft", seed=0, metrics={RL: 40.0, EM: 20.0})
+    write_result(tmp_path, "sft1", method="sft", seed=1, metrics={RL: 42.0, EM: 22.0})
+    write_result(tmp_path, "kd0", method="kd", seed=0, metrics={RL: 45.0, EM: 19.0})
+    write_result(tmp_path, "kd1", method="kd", seed=1, metrics={RL: 47.0})
+    # A student with no sft row gets no delta.
+    write_result(tmp_path, "other", method="kd", student="small", params=10**6, metrics={RL: 50.0})
+    table = table_for(tmp_path)
+    kd = table.row("kd", "tiny")
+    assert kd.delta_vs_sft[RL] == pytest.approx(46.0 - 41.0)
+    assert kd.delta_vs_sft[EM] == pytest.approx(19.0 - 21.0)
+    assert table.row("sft", "tiny").delta_vs_sft == {}
+    assert table.row("teacher", "teacher-1M").delta_vs_sft == {}
+    assert table.row("kd", "small").delta_vs_sft == {}
+    md = render_markdown(table, show_delta=True)
+    assert "46.0 ± 1.4 (+5.0)" in md
+    assert "(-2.0)" in md
+    assert "(+" not in render_markdown(table)
+
+
+# --- collection ------------------------------------------------------------------------------------------
+
+def test_incomplete_and_corrupt_files_are_skipped(tmp_path, caplog):
+    good = write_result(tmp_path, "good")
+    write_result(tmp_path, "running", status="running")
+    no_status = write_result(tmp_path, "nostatus")
+    data = json.loads(no_status.read_text())
+    del data["status"]
+    no_status.write_text(json.dumps(data))
+    (tmp_path / "corrupt").mkdir()
+    (tmp_path / "corrupt" / "results.json").write_text('{"status": "complete", "labels": ')
+    (tmp_path / "list").mkdir()
+    (tmp_path / "list" / "results.json").write_text("[1, 2]")
+    (tmp_path / "good" / "other.json").write_text('{"status": "complete"}')  # not a results.json
+    with caplog.at_level(logging.WARNING):
+        results = collect_results(tmp_path)
+    assert [r["_path"] for r in results] == [str(good)]
+    warned = caplog.text
+    for name in ("running", "nostatus", "corrupt", "list"):
+        assert name in warned
+
+
+def test_collect_recursive_sorted_and_errors(tmp_path):
+    write_result(tmp_path, "b/deep/x", seed=1)
+    write_result(tmp_path, "a", seed=0)
+    assert [r["labels"]["seed"] for r in collect_results(tmp_path)] == [0, 1]
+    assert collect_results(tmp_path / "a" / "..") != []
+    (tmp_path / "empty").mkdir()
+    assert collect_results(tmp_path / "empty") == []
+    with pytest.raises(FileNotFoundError, match="nope"):
+        collect_results(tmp_path / "nope")
+
+
+def test_result_without_labels_is_skipped(tmp_path, caplog):
+    write_result(tmp_path, "a")
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "results.json").write_text(json.dumps({"status": "complete", "metrics": {RL: 1.0}}))
+    with caplog.at_level(logging.WARNING):
+        table = table_for(tmp_path)
+    assert [(r.method, r.student) for r in table.rows] == [("teacher", "teacher-1M"), ("kd", "tiny")]
+    assert "labels" in caplog.text
+
+
+# --- CLI -------------------------------------------------------------------------------------------------
+
+def make_sweep(root):
+    for student, params in (("tiny", 100_000), ("small", 1_000_000)):
+        for method in ("sft", "kd"):
+            for seed in (0, 1):
+                write_result(root, f"{student}/{method}/{seed}", method=method, student=student, params=params,
+                             seed=seed, metrics={RL: 40.0 + seed * 4, EM: 20.0})
+
+
+def test_cli_prints_all_rows(tmp_path, capsys):
+    make_sweep(tmp_path)
+    assert main([str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    rows = body_lines(out)
+    assert [(r[0], r[1]) for r in rows] == [("teacher", "teacher-1M"), ("sft", "tiny"), ("kd", "tiny"),
+                                             ("sft", "small"), ("kd", "small")]
+    assert out.splitlines()[0].startswith("| method | student | seeds |")
+    assert all(r[2] == "2" for r in rows)
+    assert "42.0 ± 2.8" in out
+
+
+def test_cli_metrics_precision_and_out(tmp_path, capsys):
+    make_sweep(tmp_path / "runs")
+    out_file = tmp_path / "report.md"
+    assert main([str(tmp_path / "runs"), "--metrics", f"{RL}", "--precision", "2", "--out", str(out_file)]) == 0
+    out = capsys.readouterr().out
+    assert EM not in out and "42.00 ± 2.83" in out
+    assert out_file.read_text() == out
+    # No temp file left beside the report.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.md", "runs"]
+
+
+def test_cli_csv_parses(tmp_path, capsys):
+    make_sweep(tmp_path)
+    assert main([str(tmp_path), "--format", "csv"]) == 0
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert list(rows[0]) == ["method", "student", "n_seeds", f"{RL}_mean", f"{RL}_std", f"{EM}_mean", f"{EM}_std"]
+    assert len(rows) == 5
+    # The teacher was evaluated once per seed (0 and 1) with identical numbers: std 0, not missing.
+    assert rows[0]["method"] == "teacher" and float(rows[0][f"{RL}_std"]) == 0.0
+    kd_tiny = next(r for r in rows if (r["method"], r["student"]) == ("kd", "tiny"))
+    assert float(kd_tiny[f"{RL}_mean"]) == pytest.approx(42.0)
+    assert float(kd_tiny[f"{RL}_std"]) == pytest.approx(math.sqrt(8))
+    assert kd_tiny["n_seeds"] == "2"
+
+
+def test_render_csv_missing_cells_are_empty(tmp_path):
+    write_result(tmp_path, "a", metrics={RL: 40.0})
+    write_result(tmp_path, "b", method="sft", metrics={RL: 41.0, EM: 1.0})
+    rows = list(csv.DictReader(io.StringIO(render_csv(table_for(tmp_path)))))
+    kd = next(r for r in rows if r["method"] == "kd")
+    assert kd[f"{EM}_mean"] == "" and kd[f"{EM}_std"] == ""
+
+
+def test_cli_empty_dir_exits_1(tmp_path, capsys):
+    write_result(tmp_path, "running", status="running")  # present but not complete: still nothing to report
+    assert main([str(tmp_path)]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert "no complete results.json" in captured.err and str(tmp_path) in captured.err
+
+
+def test_cli_missing_dir_exits_2(tmp_path, capsys):
+    missing = tmp_path / "does-not-exist"
+    assert main([str(missing)]) == 2
+    assert str(missing) in capsys.readouterr().err
