@@ -235,6 +235,13 @@ def validate(cfg: Any) -> None:
     _check(cfg.logger.kind in ("wandb", "none"), "logger.kind", cfg.logger.kind, "use wandb or none")
     _check(cfg.logger.mode in ("offline", "online", "disabled"), "logger.mode", cfg.logger.mode,
            "use offline, online or disabled")
+    sources = [("data.train", cfg.data.train), ("data.validation", cfg.data.validation)]
+    sources += [(f"eval.sets[{i}].source", s.source) for i, s in enumerate(cfg.eval.sets)]
+    for key, src in sources:
+        _check(src.kind in ("embedded", "jsonl", "hf"), f"{key}.kind", src.kind, "use embedded, jsonl or hf")
+        if src.kind != "embedded":
+            _check(bool(src.path), f"{key}.path", src.path,
+                   "a jsonl source needs a file path, an hf source a dataset id or folder")
     for i, s in enumerate(cfg.eval.sets):
         _check(s.source.kind in ("embedded", "jsonl", "hf"), f"eval.sets[{i}].source.kind", s.source.kind,
                "use embedded, jsonl or hf")

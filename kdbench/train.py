@@ -146,10 +146,11 @@ def _hydra_main(cfg: DictConfig) -> None:
 
 
 def with_sweeps_on_searchpath(argv: list[str]) -> list[str]:
-    """Make `--config-name <sweep>` find the files in sweeps/ from any folder (they are primary configs)."""
-    if any(a.startswith("hydra.searchpath") for a in argv):
+    """Make `--config-name <sweep>` find the files in sweeps/ from any folder: they are primary configs, and
+    Hydra looks for a primary config in --config-dir (a hydra.searchpath override is consulted too late)."""
+    if any(a == "--config-dir" or a.startswith("--config-dir=") or a == "-cd" for a in argv):
         return argv
-    return argv + [f"hydra.searchpath=[file://{sweeps_dir()}]"]
+    return [argv[0], "--config-dir", str(sweeps_dir()), *argv[1:]]
 
 
 def cli() -> None:

@@ -1,0 +1,101 @@
+"""End to end through the real entry points, in subprocesses: compose -> teacher stage -> train -> evaluate ->
+results.json + W&B offline run -> report; a sweep that resumes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import TINY_RUN
+from kdbench.tracking.wandb_reader import read_offline_run
+
+
+def kdbench(args, cwd: Path, cache: Path, timeout=600):
+    env = {**os.environ, "KDBENCH_CACHE": str(cache), "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1"}
+    code = "from kdbench.train import cli; cli()"
+    return subprocess.run([sys.executable, "-c", code, *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def report(args, cwd: Path):
+    return subprocess.run([sys.executable, "-m", "kdbench.report.cli", *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_single_run_writes_results_and_wandb(tmp_path):
+    cache = tmp_path / "cache"
+    out = kdbench(TINY_RUN, tmp_path, cache)
+    assert out.returncode == 0, out.stderr[-3000:]
+    results = list((tmp_path / "outputs" / "runs").rglob("results.json"))
+    assert len(results) == 1
+    rec = json.loads(results[0].read_text())
+    assert rec["status"] == "complete"
+    assert rec["labels"]["method"] == "kd" and rec["labels"]["student"] == "tiny"
+    for key in ("config", "metrics", "teacher_metrics", "seed", "versions", "git", "hardware", "wall_time_s",
+                "artifacts"):
+        assert key in rec, key
+    assert rec["config"]["method"]["divergence"] == "forward_kl"
+    assert 0 <= rec["metrics"]["embedded_test/rouge_l"] <= 100
+    assert rec["metrics"]["embedded_test/n"] == 16
+    assert rec["train"]["steps"] == 6
+    # The row is printed beside the teacher's.
+    assert "| kd | tiny |" in out.stdout and "| teacher |" in out.stdout
+
+    # The W&B offline run file holds the same metrics, the config and the training curve.
+    run = read_offline_run(results[0].parent)
+    assert run.summary["eval/embedded_test/rouge_l"] == pytest.approx(rec["metrics"]["embedded_test/rouge_l"])
+    assert run.summary["teacher/embedded_test/exact_match"] == pytest.approx(
+        rec["teacher_metrics"]["embedded_test/exact_match"])
+    assert run.config["method"]["name"] == "kd"
+    assert len(run.metric("train/loss")) >= 3
+    assert run.metric("val/ce"), "validation was not logged"
+
+    # Re-running the same command finds the finished run and skips it.
+    again = kdbench(TINY_RUN, tmp_path, cache)
+    assert again.returncode == 0
+    assert "skipping" in again.stderr + again.stdout
+    assert json.loads(results[0].read_text())["wall_time_s"] == rec["wall_time_s"]
+    # The teacher stage ran once and is reused: its cache entry exists.
+    assert len(list((cache / "teachers").glob("*/model.safetensors"))) == 1
+
+
+def test_four_cell_sweep_resumes_and_reports(tmp_path):
+    cache = tmp_path / "cache"
+    grid = ["-m", "method=sft,kd", "student=tiny,small", "sweep_name=t4", "logger=none", *TINY_RUN]
+    t0 = time.time()
+    out = kdbench(grid, tmp_path, cache)
+    assert out.returncode == 0, out.stderr[-3000:]
+    sweep = tmp_path / "outputs" / "multirun" / "t4"
+    cells = sorted(p.parent.name for p in sweep.rglob("results.json"))
+    assert len(cells) == 4, cells
+    assert all("method=" in c and "student=" in c for c in cells)
+    first = time.time() - t0
+
+    # An unfinished cell (results.json gone, as after a crash) is redone; the finished ones are skipped.
+    victim = sweep / cells[0] / "results.json"
+    victim.unlink()
+    out2 = kdbench(grid, tmp_path, cache)
+    assert out2.returncode == 0, out2.stderr[-3000:]
+    assert victim.is_file()
+    assert (out2.stderr + out2.stdout).count("skipping") == 3
+    assert first > 0
+
+    rep = report([str(sweep)], tmp_path)
+    assert rep.returncode == 0, rep.stderr
+    for method in ("sft", "kd"):
+        for student in ("tiny", "small"):
+            assert f"| {method} | {student} |" in rep.stdout
+    assert "| teacher |" in rep.stdout
+
+
+def test_sweep_file_runs_from_any_folder(tmp_path):
+    # `--config-name first_table` resolves from sweeps/ wherever kdbench is started; here only composed.
+    out = kdbench(["--config-name", "first_table", "--cfg", "hydra"], tmp_path, tmp_path / "cache", timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "MULTIRUN" in out.stdout and "method: sft,kd" in out.stdout

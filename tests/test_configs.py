@@ -1,0 +1,115 @@
+"""Every YAML under conf/ and sweeps/ composes against the schema; bad keys and values fail naming the key."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import OmegaConf
+
+from kdbench.paths import conf_dir, sweeps_dir
+from kdbench.schema import ConfigError, register_configs, validate
+
+CONF = conf_dir()
+SWEEPS = sweeps_dir()
+GROUP_OPTIONS = sorted(
+    (p.parent.relative_to(CONF).as_posix(), p.stem)
+    for p in CONF.rglob("*.yaml")
+    if p.parent != CONF and not p.relative_to(CONF).parts[0] == "hydra"
+)
+SWEEP_FILES = sorted(p.stem for p in SWEEPS.rglob("*.yaml"))
+
+
+@pytest.fixture(autouse=True)
+def _hydra():
+    register_configs()
+    GlobalHydra.instance().clear()
+    yield
+    GlobalHydra.instance().clear()
+
+
+def _compose(overrides=(), config_name="train", return_hydra=False):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name=config_name, overrides=list(overrides), return_hydra_config=return_hydra)
+
+
+def test_groups_were_found():
+    groups = {g for g, _ in GROUP_OPTIONS}
+    assert {"teacher", "student", "data", "method", "eval", "trainer", "logger", "experiment", "paths"} <= groups
+    assert len(SWEEP_FILES) >= 1
+
+
+@pytest.mark.parametrize("group,option", GROUP_OPTIONS, ids=[f"{g}={o}" for g, o in GROUP_OPTIONS])
+def test_every_group_option_composes(group, option):
+    cfg = _compose([f"{group}={option}"])
+    # Everything resolves (no dangling interpolations); data=jsonl needs paths the user must give.
+    container = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
+    assert container["method"]["name"]
+    if group == "data" and option == "jsonl":
+        with pytest.raises(ConfigError, match=r"data\.train\.path"):
+            validate(cfg)
+    elif group not in ("experiment",):
+        validate(cfg)
+
+
+@pytest.mark.parametrize("name", SWEEP_FILES)
+def test_every_sweep_composes_with_its_grid(name):
+    # A sweep is a primary config in sweeps/ whose defaults name conf/'s `train`.
+    with initialize_config_dir(config_dir=str(SWEEPS), version_base="1.3"):
+        cfg = compose(config_name=name, overrides=[f"hydra.searchpath=[file://{CONF}]"],
+                      return_hydra_config=True)
+    assert cfg.hydra.mode.name == "MULTIRUN"
+    assert cfg.hydra.sweeper.params, f"sweeps/{name}.yaml has no grid"
+    assert cfg.sweep_name != "default"
+    for key, values in cfg.hydra.sweeper.params.items():
+        for value in str(values).split(","):  # each cell's choice must itself compose
+            GlobalHydra.instance().clear()
+            validate(_compose([f"{key}={value}"]))
+
+
+def test_misspelt_key_fails_naming_it():
+    with pytest.raises(Exception, match="temprature"):
+        _compose(["method.temprature=2"])
+
+
+def test_wrong_type_fails_naming_key():
+    with pytest.raises(Exception, match="max_steps"):
+        _compose(["trainer.max_steps=lots"])
+
+
+@pytest.mark.parametrize("override,key", [
+    ("method.temperature=0", "method.temperature"),
+    ("method.alpha=1.5", "method.alpha"),
+    ("method.divergence=nonsense", "method.divergence"),
+    ("trainer.micro_batch_size=64", "trainer.micro_batch_size"),
+    ("student.arch.num_heads=5", "student.arch.num_heads"),
+    ("logger.kind=tensorboard", "logger.kind"),
+])
+def test_nonsense_values_fail_when_the_run_starts(override, key):
+    cfg = _compose([override])
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        validate(cfg)
+
+
+def test_run_folder_is_a_pure_function_of_overrides():
+    a = _compose(["method=sft", "student=small"], return_hydra=True)
+    GlobalHydra.instance().clear()
+    b = _compose(["method=sft", "student=small"], return_hydra=True)
+    dirs = [OmegaConf.to_container(c.hydra, resolve=False) for c in (a, b)]
+    assert dirs[0]["run"] == dirs[1]["run"] and dirs[0]["sweep"] == dirs[1]["sweep"]
+    for d in (dirs[0]["run"]["dir"], dirs[0]["sweep"]["dir"], dirs[0]["sweep"]["subdir"]):
+        assert "now:" not in d  # no timestamps: a re-run finds its folder
+    assert "override_dirname" in dirs[0]["run"]["dir"] and "override_dirname" in dirs[0]["sweep"]["subdir"]
+
+
+def test_help_lists_groups_and_options():
+    out = subprocess.run([sys.executable, "-m", "kdbench.train", "--help"], capture_output=True, text=True,
+                         timeout=120, cwd=Path(__file__).parent)
+    assert out.returncode == 0, out.stderr
+    for group in ("method", "student", "teacher", "data", "eval", "trainer", "logger"):
+        assert f"{group}:" in out.stdout
+    assert "kd, sft" in out.stdout and "tiny" in out.stdout

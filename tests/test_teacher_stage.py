@@ -1,0 +1,51 @@
+"""The teacher stage trains a scratch teacher once, caches it under a content key, and reuses it."""
+
+from __future__ import annotations
+
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+
+from conftest import TINY_RUN
+from kdbench.paths import conf_dir
+from kdbench.schema import register_configs
+from kdbench.stages import teacher as stage
+from kdbench.stages.tokenizer import embedded_tokenizer
+
+
+def _cfg(extra=()):
+    register_configs()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+        return compose(config_name="train", overrides=[*TINY_RUN, *extra])
+
+
+def test_short_stage_run_trains_saves_and_is_reused(tmp_path, monkeypatch):
+    cfg = _cfg()
+    tok = embedded_tokenizer(cfg.data.embedded, tmp_path)
+    model, key = stage.teacher_stage(cfg, tok, tmp_path, show_progress=False)
+    folder = tmp_path / "teachers" / key
+    assert (folder / "model.safetensors").is_file()
+    recipe = stage.recipe(folder)
+    assert recipe["key"] == key and recipe["teacher"]["finetune"]["max_steps"] == 4
+    assert not any(p.requires_grad is False for p in model.parameters())  # loaded fresh; freezing is the caller's
+
+    # A second call loads the cached teacher without training.
+    monkeypatch.setattr(stage, "_train", lambda *a, **k: (_ for _ in ()).throw(AssertionError("retrained")))
+    again, key2 = stage.teacher_stage(cfg, tok, tmp_path, show_progress=False)
+    assert key2 == key
+    for (n, a), (_, b) in zip(model.state_dict().items(), again.state_dict().items()):
+        assert (a == b).all(), n
+
+
+def test_key_changes_with_anything_that_determines_the_teacher(tmp_path):
+    base = _cfg()
+    tok_key = "tok"
+    k0 = stage.teacher_key(base.teacher, base.data, tok_key)
+    assert stage.teacher_key(_cfg().teacher, _cfg().data, tok_key) == k0
+    for override in ("teacher.arch.hidden_size=48", "teacher.finetune.max_steps=5", "teacher.finetune.seed=1",
+                     "data.embedded.seed=3", "data.max_prompt_length=200"):
+        cfg = _cfg([override])
+        assert stage.teacher_key(cfg.teacher, cfg.data, tok_key) != k0, override
+    assert stage.teacher_key(base.teacher, base.data, "other-tokenizer") != k0
+    # The display name does not change what is trained.
+    assert stage.teacher_key(_cfg(["teacher.name=renamed"]).teacher, base.data, tok_key) == k0
