@@ -235,6 +235,8 @@ def validate(cfg: Any) -> None:
     _check(cfg.logger.kind in ("wandb", "none"), "logger.kind", cfg.logger.kind, "use wandb or none")
     _check(cfg.logger.mode in ("offline", "online", "disabled"), "logger.mode", cfg.logger.mode,
            "use offline, online or disabled")
+    _check(cfg.data.max_prompt_length > 0, "data.max_prompt_length", cfg.data.max_prompt_length, "must be > 0")
+    _check(cfg.eval.max_prompt_length > 0, "eval.max_prompt_length", cfg.eval.max_prompt_length, "must be > 0")
     sources = [("data.train", cfg.data.train), ("data.validation", cfg.data.validation)]
     sources += [(f"eval.sets[{i}].source", s.source) for i, s in enumerate(cfg.eval.sets)]
     for key, src in sources:

@@ -17,6 +17,7 @@ from urllib.parse import urlparse
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedModel
+from transformers.utils import cached_file
 
 log = logging.getLogger(__name__)
 
@@ -29,25 +30,34 @@ class WeightsNotFoundError(RuntimeError):
 
 def _hub_reachable(timeout: float = 3.0) -> bool:
     endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
-    host = urlparse(endpoint).hostname or "huggingface.co"
+    url = urlparse(endpoint)
+    host = url.hostname or "huggingface.co"
+    port = url.port or (80 if url.scheme == "http" else 443)
     try:
-        with socket.create_connection((host, 443), timeout=timeout):
+        with socket.create_connection((host, port), timeout=timeout):
             return True
     except OSError:
         return False
 
 
 def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
+    return any(os.environ.get(v, "0").lower() in ("1", "true", "yes", "on")
+               for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
 
 
 def _missing_weights(key: str, path: str, why: str) -> WeightsNotFoundError:
     return WeightsNotFoundError(
         f"{key}={path!r}: the weights are not on disk ({why}). Provide them: on a machine with network run "
-        f"`huggingface-cli download {path}` (they land in the Hugging Face cache, "
-        f"{os.environ.get('HF_HOME', '~/.cache/huggingface')}; copy that folder here), or download the model "
-        f"folder (config.json, weights, tokenizer files) anywhere and set {key}=/path/to/that/folder."
+        f"`hf download {path}` (`huggingface-cli download {path}` with huggingface_hub < 1.0); they land in "
+        f"the Hugging Face hub cache ({_hub_cache()}): copy it here. Or save the model folder (config.json, "
+        f"weights, tokenizer files) anywhere and set {key}=/path/to/that/folder."
     )
+
+
+def _hub_cache() -> str:
+    if os.environ.get("HF_HUB_CACHE"):
+        return os.environ["HF_HUB_CACHE"]
+    return os.path.join(os.environ.get("HF_HOME", "~/.cache/huggingface"), "hub")
 
 
 def load_pretrained(path: str, key: str, dtype: str = "float32", tokenizer_path: str | None = None):
@@ -74,7 +84,11 @@ def load_pretrained(path: str, key: str, dtype: str = "float32", tokenizer_path:
 def _load(source: str, dtype: str, tokenizer_path: str | None, local_files_only: bool):
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_path or source, local_files_only=local_files_only)
     model = AutoModelForCausalLM.from_pretrained(source, dtype=DTYPES[dtype], local_files_only=local_files_only)
-    model.kdbench_fingerprint = fingerprint_folder(model.config.name_or_path, source)
+    # Fingerprint the resolved folder (for a hub id: the cached snapshot of the revision actually loaded), and
+    # what changes the outputs besides the weights.
+    resolved = source if Path(source).is_dir() else str(
+        Path(cached_file(source, "config.json", local_files_only=local_files_only)).parent)
+    model.kdbench_fingerprint = fingerprint_folder(resolved, json.dumps([source, dtype, tokenizer_path]))
     return model, prepare_tokenizer(tokenizer)
 
 
