@@ -35,6 +35,8 @@ def rouge_l(predictions: list[str], references: list[str | list[str]]) -> float:
 
 
 def exact_match_per_item(predictions: list[str], references: list[str | list[str]]) -> list[float]:
+    if len(predictions) != len(references):
+        raise ValueError(f"{len(predictions)} predictions for {len(references)} references")
     out = []
     for pred, refs in zip(predictions, references):
         refs = [refs] if isinstance(refs, str) else list(refs)

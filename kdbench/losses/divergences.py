@@ -20,6 +20,16 @@ def _log_probs(logits: torch.Tensor, temperature: float) -> torch.Tensor:
     return F.log_softmax(logits.float() / temperature, dim=-1)
 
 
+def _clean(student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: torch.Tensor | None):
+    """Zero the logits at masked positions before any arithmetic: masking only the output would still send NaN
+    gradients back through log_softmax of a masked row (all -inf padding logits, say)."""
+    if mask is None:
+        return student_logits, teacher_logits
+    keep = mask.bool().unsqueeze(-1)
+    return (torch.where(keep, student_logits, torch.zeros_like(student_logits)),
+            torch.where(keep, teacher_logits, torch.zeros_like(teacher_logits)))
+
+
 def _masked(values: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     # torch.where, not multiplication: a NaN/inf at a masked position (e.g. -inf logits of padding) must not leak.
     if mask is None:
@@ -33,6 +43,7 @@ def forward_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask:
 
     Hinton et al. 2015; Kim & Rush 2016 (word-level KD). Config: `method=kd` (method.divergence: forward_kl).
     """
+    student_logits, teacher_logits = _clean(student_logits, teacher_logits, mask)
     log_q = _log_probs(student_logits, temperature)
     log_p = _log_probs(teacher_logits, temperature)
     p = log_p.exp()
