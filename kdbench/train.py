@@ -49,7 +49,7 @@ def run(cfg: DictConfig) -> dict:
     from kdbench.report.run_table import print_run_table
     from kdbench.schema import validate
     from kdbench.tracking.loggers import finish, log_final, make_logger
-    from kdbench.tracking.results import git_revision, hardware, package_versions, read_results, write_results
+    from kdbench.tracking.results import build_record, read_results, write_results
 
     t_start = time.perf_counter()
     run_dir = Path(HydraConfig.get().runtime.output_dir)
@@ -86,7 +86,7 @@ def run(cfg: DictConfig) -> dict:
                                    cfg.data.max_prompt_length, cfg.data.max_response_length)
         module = OfflineDistillation(student.model, teacher.model if whitebox else None, method, cfg.trainer.optim,
                                      cfg.trainer.max_steps, vocab_size, cfg.trainer.micro_batch_size)
-        probe = dm._collate([dm.train_set[0]])
+        probe = dm.probe_batch()
         check_head_path(student.model, probe)
         if whitebox:
             check_head_path(teacher.model, probe)
@@ -108,30 +108,23 @@ def run(cfg: DictConfig) -> dict:
 
         log_final(logger, {**{f"eval/{k}": v for k, v in s_eval.metrics.items()},
                            **{f"teacher/{k}": v for k, v in t_metrics.items()}}, samples)
-        record = {
-            "status": "complete",
-            "labels": {"method": method.name, "student": student.name, "teacher": teacher.name if teacher else None,
-                       "seed": cfg.seed, "student_params": student.parameters,
-                       "teacher_params": teacher.parameters if teacher else None, "sweep": cfg.sweep_name,
-                       "cell": cell},
-            "metrics": s_eval.metrics,
-            "teacher_metrics": t_metrics,
-            "train": {"steps": int(trainer.global_step), "tokens": module.tokens_seen,
-                      "seconds": round(train_seconds, 1),
-                      "final": {k: float(v) for k, v in trainer.callback_metrics.items()},
-                      "truncated_prompts": dm.train_set.n_truncated},
-            "cost": {"train_tokens": module.tokens_seen,
-                     "teacher_forward_tokens": module.tokens_seen if whitebox else 0,
-                     "generated_tokens": s_eval.new_tokens, "eval_seconds": round(eval_seconds, 1)},
-            "samples": samples[: cfg.eval.num_samples],
-            "config": resolved,
-            "seed": cfg.seed,
-            "versions": package_versions(),
-            "git": git_revision(),
-            "hardware": hardware(),
-            "wall_time_s": round(time.perf_counter() - t_start, 1),
-            "artifacts": {"run_dir": str(run_dir), "wandb_dir": str(run_dir / "wandb") if logger else None},
-        }
+        record = build_record(
+            labels={"method": method.name, "student": student.name, "teacher": teacher.name if teacher else None,
+                    "seed": cfg.seed, "student_params": student.parameters,
+                    "teacher_params": teacher.parameters if teacher else None, "sweep": cfg.sweep_name,
+                    "cell": cell},
+            metrics=s_eval.metrics, teacher_metrics=t_metrics,
+            train={"steps": int(trainer.global_step), "tokens": module.tokens_seen,
+                   "seconds": round(train_seconds, 1),
+                   "final": {k: float(v) for k, v in trainer.callback_metrics.items()},
+                   "truncated_prompts": dm.train_set.n_truncated},
+            cost={"train_tokens": module.tokens_seen,
+                  "teacher_forward_tokens": module.tokens_seen if whitebox else 0,
+                  "generated_tokens": s_eval.new_tokens, "eval_seconds": round(eval_seconds, 1)},
+            samples=samples, config=resolved, seed=cfg.seed,
+            wall_time_s=time.perf_counter() - t_start,
+            artifacts={"run_dir": str(run_dir), "wandb_dir": str(run_dir / "wandb") if logger else None},
+        )
         write_results(run_dir, record)
     finally:
         # In a finally: one failed cell must not leave a W&B run open and sink the rest of a multirun.
@@ -140,9 +133,27 @@ def run(cfg: DictConfig) -> dict:
     return record
 
 
+FAILED_FILE = "failed.txt"
+
+
 @hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="train")
 def _hydra_main(cfg: DictConfig) -> None:
-    run(cfg)
+    if HydraConfig.get().mode != RunMode.MULTIRUN:
+        run(cfg)
+        return
+    # In a sweep one failed cell must not sink the others: record the error in the cell's folder (the report
+    # lists it and the sweep exits non-zero at its end) and let the launcher go on.
+    from kdbench.tracking.atomic import atomic_write_text
+
+    failed = Path(HydraConfig.get().runtime.output_dir) / FAILED_FILE
+    try:
+        run(cfg)
+        failed.unlink(missing_ok=True)
+    except Exception:  # noqa: BLE001 - reported in the cell's folder and at the sweep's end
+        import traceback
+
+        log.exception("cell %s failed", HydraConfig.get().job.override_dirname)
+        atomic_write_text(failed, traceback.format_exc())
 
 
 def with_sweeps_on_searchpath(argv: list[str]) -> list[str]:
@@ -154,13 +165,46 @@ def with_sweeps_on_searchpath(argv: list[str]) -> list[str]:
 
 
 def cli() -> None:
+    _setup()
+    sys.argv = with_sweeps_on_searchpath(sys.argv)
+    _hydra_main()
+
+
+def teacher_only(cfg: DictConfig) -> None:
+    """`kdbench-teacher`: run the teacher stage alone (train or find the cached teacher) and print its folder."""
+    import torch
+
+    from kdbench.schema import validate
+    from kdbench.stages.teacher import find_teacher, teacher_stage
+    from kdbench.stages.tokenizer import embedded_tokenizer
+
+    validate(cfg)
+    if cfg.teacher.source != "scratch":
+        raise SystemExit(f"teacher={cfg.teacher.name} is pretrained: the teacher stage only fine-tunes teachers "
+                         "built from a config (teacher.source=scratch)")
+    torch.set_num_threads(_threads(cfg))
+    cache_dir = Path(os.path.expanduser(cfg.paths.cache_dir))
+    tok = embedded_tokenizer(cfg.data.embedded, cache_dir)
+    _, key = teacher_stage(cfg, tok, cache_dir, cfg.trainer.progress)
+    print(find_teacher(key, cache_dir))
+
+
+@hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="train")
+def _hydra_teacher(cfg: DictConfig) -> None:
+    teacher_only(cfg)
+
+
+def _setup() -> None:
     logging.basicConfig(level=logging.INFO, format="[%(name)s] %(message)s")
     os.environ.setdefault("WANDB_MODE", "offline")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     register_configs()
-    sys.argv = with_sweeps_on_searchpath(sys.argv)
-    _hydra_main()
+
+
+def teacher_cli() -> None:
+    _setup()
+    _hydra_teacher()
 
 
 if __name__ == "__main__":

@@ -99,3 +99,17 @@ def test_sweep_file_runs_from_any_folder(tmp_path):
     out = kdbench(["--config-name", "first_table", "--cfg", "hydra"], tmp_path, tmp_path / "cache", timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "MULTIRUN" in out.stdout and "method: sft,kd" in out.stdout
+
+
+def test_a_failed_cell_does_not_sink_the_sweep(tmp_path):
+    cache = tmp_path / "cache"
+    grid = ["-m", "method=kd", "method.alpha=0.5,1.5", "sweep_name=bad", "logger=none", *TINY_RUN]
+    out = kdbench(grid, tmp_path, cache)
+    assert out.returncode != 0  # the sweep says it is incomplete
+    sweep = tmp_path / "outputs" / "multirun" / "bad"
+    done = [p.parent.name for p in sweep.rglob("results.json")]
+    failed = [p.parent.name for p in sweep.rglob("failed.txt")]
+    assert len(done) == 1 and "method.alpha=0.5" in done[0], done
+    assert len(failed) == 1 and "method.alpha=1.5" in failed[0], failed
+    assert "method.alpha=1.5" in (sweep / failed[0] / "failed.txt").read_text()
+    assert f"FAILED {failed[0]}" in out.stdout

@@ -14,7 +14,7 @@ import torch
 from omegaconf import OmegaConf
 
 from kdbench.data import embedded
-from kdbench.data.datamodule import (IGNORE, BucketBatchSampler, EncodedDataset, InstructionDataModule, collate,
+from kdbench.data.datamodule import (IGNORE, EncodedDataset, ShuffledBatchSampler, split_by_length, InstructionDataModule, collate,
                                      encode_row)
 from kdbench.data.embedded import (ANIMALS, BENCHMARK_VERSION, COLORS, FAMILIES, FRUITS, NEGATIVE, NUMBER_WORDS,
                                    POSITIVE, SENTIMENT_LABELS, TOOLS, SplitSizes, generate_splits)
@@ -460,35 +460,47 @@ def _padding_fraction(ds: EncodedDataset, batches) -> float:
     return pad / total
 
 
-def test_bucket_sampler_batches_and_padding(tok, small_splits):
-    ds = EncodedDataset(small_splits["train"][:400], tok, 256, 128)
-    sampler = BucketBatchSampler(ds, batch_size=8, seed=0, pool_batches=10)
+def test_shuffled_sampler_is_uniform_and_deterministic(tok, small_splits):
+    sampler = ShuffledBatchSampler(400, batch_size=8, seed=0)
     batches = list(itertools.islice(iter(sampler), 100))
     assert all(len(b) == 8 for b in batches)
-    assert all(0 <= i < len(ds) for b in batches for i in b)
     # 100 batches of 8 = two epochs: every item is drawn, each exactly twice
     counts = {}
     for b in batches:
         for i in b:
             counts[i] = counts.get(i, 0) + 1
-    assert set(counts) == set(range(len(ds))) and set(counts.values()) == {2}
-    # same seed, same batches
-    assert list(itertools.islice(iter(BucketBatchSampler(ds, 8, seed=0, pool_batches=10)), 100)) == batches
+    assert set(counts) == set(range(400)) and set(counts.values()) == {2}
+    assert list(itertools.islice(iter(ShuffledBatchSampler(400, 8, seed=0)), 100)) == batches
+    assert list(itertools.islice(iter(ShuffledBatchSampler(400, 8, seed=1)), 100)) != batches
 
+
+def test_split_by_length_cuts_padding_and_keeps_every_item(tok, small_splits):
+    ds = EncodedDataset(small_splits["train"][:400], tok, 256, 128)
     rng = random.Random(0)
-    order = list(range(len(ds))) * 2
+    order = list(range(len(ds)))
     rng.shuffle(order)
-    random_batches = [order[k:k + 8] for k in range(0, len(order), 8)]
-    bucketed, unbucketed = _padding_fraction(ds, batches), _padding_fraction(ds, random_batches)
-    assert bucketed < unbucketed / 2, (bucketed, unbucketed)
+    batches = [order[k:k + 32] for k in range(0, len(order), 32)]
+    split_pad = whole_pad = 0
+    for b in batches:
+        lengths = [ds.length(i) for i in b]
+        parts = split_by_length(lengths, max_parts=3, part_overhead=0)
+        assert 1 <= len(parts) <= 3
+        assert sorted(i for p in parts for i in p) == list(range(len(b)))  # a partition of the batch
+        split_pad += sum(max(lengths[i] for i in p) * len(p) for p in parts) - sum(lengths)
+        whole_pad += max(lengths) * len(lengths) - sum(lengths)
+    assert split_pad < whole_pad / 2, (split_pad, whole_pad)
+    # A big per-part overhead keeps the batch whole.
+    assert len(split_by_length([10, 11, 200], part_overhead=10**6)) == 1
+    assert split_by_length([5, 100, 6, 101], max_parts=2, part_overhead=0) == [[0, 2], [1, 3]]
 
 
 def test_instruction_datamodule(tok, small_splits):
     dm = InstructionDataModule(small_splits["train"][:64], small_splits["validation"][:20], tok, batch_size=4,
                                seed=0, max_prompt_length=60, max_response_length=16)
     assert dm.train_set.n_truncated > 0
-    batch = next(iter(dm.train_dataloader()))
-    assert batch["input_ids"].shape[0] == 4
+    step = next(iter(dm.train_dataloader()))
+    assert sum(p["input_ids"].shape[0] for p in step["parts"]) == 4
+    batch = step["parts"][0]
     assert batch["input_ids"].shape == batch["labels"].shape == batch["attention_mask"].shape
     assert batch["input_ids"].dtype == torch.long
     assert (batch["labels"] != IGNORE).any()

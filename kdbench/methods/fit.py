@@ -18,8 +18,35 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=".*`isinstance.*treespec.*")
 
 
+class ProgressLog(L.Callback):
+    """A log line every ~5% of training (step, loss, tokens/s, time left): progress that survives a log file or
+    a sweep worker, where a progress bar does not show."""
+
+    def __init__(self, max_steps: int, name: str = "train"):
+        self.max_steps, self.name = max_steps, name
+        self.every = max(1, max_steps // 20)
+        self._t0 = None
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        import logging
+        import time
+
+        if self._t0 is None:
+            self._t0 = time.perf_counter()
+        step = trainer.global_step
+        if step % self.every and step != self.max_steps:
+            return
+        elapsed = time.perf_counter() - self._t0
+        m = trainer.callback_metrics
+        loss = float(m["train/loss"]) if "train/loss" in m else float("nan")
+        tps = float(m["train/tokens_per_s"]) if "train/tokens_per_s" in m else float("nan")
+        left = elapsed / max(step, 1) * (self.max_steps - step)
+        logging.getLogger("kdbench.train").info("%s step %d/%d loss %.4f %.0f tok/s, %.0f s elapsed, ~%.0f s left",
+                                                self.name, step, self.max_steps, loss, tps, elapsed, left)
+
+
 def make_trainer(trainer_cfg, max_steps: int, logger=None, default_root_dir: str | None = None,
-                 progress: bool | None = None) -> L.Trainer:
+                 progress: bool | None = None, name: str = "train") -> L.Trainer:
     quiet_lightning()
     t = trainer_cfg
     show = t.progress if progress is None else progress
@@ -29,6 +56,7 @@ def make_trainer(trainer_cfg, max_steps: int, logger=None, default_root_dir: str
         limit_val_batches=t.val_batches, num_sanity_val_steps=0, log_every_n_steps=t.log_every,
         logger=logger if logger is not None else False, enable_checkpointing=False,
         enable_model_summary=False, enable_progress_bar=show, default_root_dir=default_root_dir,
+        callbacks=[ProgressLog(max_steps, name)],
     )
 
 

@@ -102,19 +102,22 @@ class OfflineDistillation(L.LightningModule):
             out["loss"] = ce
         return out
 
-    def _micro_batches(self, batch: dict):
-        size = self.micro_batch_size or batch["input_ids"].shape[0]
-        for k in range(0, batch["input_ids"].shape[0], size):
-            yield {key: v[k:k + size] for key, v in batch.items()}
+    def _micro_batches(self, parts: list[dict]):
+        for part in parts:
+            size = self.micro_batch_size or part["input_ids"].shape[0]
+            for k in range(0, part["input_ids"].shape[0], size):
+                yield {key: v[k:k + size] for key, v in part.items()}
 
     def training_step(self, batch, batch_idx):
+        """One optimizer step over a batch given as one padded tensor dict or as {"parts": [...]}."""
         if self._t0 is None:
             self._t0 = time.perf_counter()
         opt = self.optimizers()
         sched = self.lr_schedulers()
-        n_tokens = int((batch["labels"][:, 1:] != IGNORE).sum())
+        parts = batch["parts"] if "parts" in batch else [batch]
+        n_tokens = sum(int((p["labels"][:, 1:] != IGNORE).sum()) for p in parts)
         totals = {}
-        for micro in self._micro_batches(batch):
+        for micro in self._micro_batches(parts):
             sums = self.loss_sums(micro)
             # Divide by the whole step's token count: the sum over micro-batches equals the full-batch loss.
             self.manual_backward(sums["loss"] / max(n_tokens, 1))
@@ -125,11 +128,12 @@ class OfflineDistillation(L.LightningModule):
         opt.step()
         opt.zero_grad(set_to_none=True)
         sched.step()
-        self.tokens_seen += int(batch["attention_mask"].sum())
+        self.tokens_seen += sum(int(p["attention_mask"].sum()) for p in parts)
         logs = {f"train/{k}": v / max(n_tokens, 1) for k, v in totals.items()}
         logs["train/lr"] = sched.get_last_lr()[0]
         logs["train/tokens_per_s"] = self.tokens_seen / max(time.perf_counter() - self._t0, 1e-9)
-        self.log_dict(logs, prog_bar=False, on_step=True, on_epoch=False, batch_size=batch["input_ids"].shape[0])
+        self.log_dict(logs, prog_bar=False, on_step=True, on_epoch=False,
+                      batch_size=sum(p["input_ids"].shape[0] for p in parts))
         self.log("loss", logs["train/loss"], prog_bar=True, on_step=True, logger=False)
 
     def validation_step(self, batch, batch_idx):

@@ -11,6 +11,14 @@ class ReportOnMultirunEnd(Callback):
     def on_multirun_end(self, config, **kwargs) -> None:
         from kdbench.report.cli import main as report
 
+        from kdbench.train import FAILED_FILE
+
         sweep_dir = Path(config.hydra.sweep.dir)
         print(f"\n== {sweep_dir} ==")
         report([str(sweep_dir)])
+        failed = sorted(sweep_dir.rglob(FAILED_FILE))
+        if failed:
+            for f in failed:
+                last = f.read_text().strip().splitlines()[-1:]
+                print(f"FAILED {f.parent.name}: {last[0] if last else ''} (traceback: {f})")
+            raise SystemExit(f"{len(failed)} cell(s) of {sweep_dir} failed; re-run the command to redo them")

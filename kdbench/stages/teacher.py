@@ -83,7 +83,7 @@ def _train(cfg, tokenizer, key: str, target: Path, show_progress: bool) -> None:
     sft = OmegaConf.structured(MethodConfig(name="sft"))
     module = OfflineDistillation(model, None, sft, ft.optim, ft.max_steps, len(tokenizer))
     torch.manual_seed(ft.seed)
-    trainer = make_trainer(cfg.trainer, ft.max_steps, progress=show_progress)
+    trainer = make_trainer(cfg.trainer, ft.max_steps, progress=show_progress, name=f"teacher stage {key}")
     fit(module, dm, trainer)
     val = {k: float(v) for k, v in trainer.callback_metrics.items()}
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{key}."))

@@ -69,6 +69,15 @@ def read_results(run_dir: str | Path) -> dict | None:
     return data if data.get("status") == "complete" else None
 
 
+def build_record(*, labels: dict, metrics: dict, teacher_metrics: dict, train: dict, cost: dict, samples: list,
+                 config: dict, seed: int, wall_time_s: float, artifacts: dict) -> dict:
+    """A finished run's record; environment facts (versions, git, hardware) are collected here."""
+    return {"status": "complete", "labels": labels, "metrics": metrics, "teacher_metrics": teacher_metrics,
+            "train": train, "cost": cost, "samples": samples, "config": config, "seed": seed,
+            "versions": package_versions(), "git": git_revision(), "hardware": hardware(),
+            "wall_time_s": round(wall_time_s, 1), "artifacts": artifacts}
+
+
 def write_results(run_dir: str | Path, record: dict) -> Path:
     record = {"schema_version": SCHEMA_VERSION, **record}
     return atomic_write_json(results_path(run_dir), record)
