@@ -78,7 +78,8 @@ def run(cfg: DictConfig) -> dict:
 
     resolved = OmegaConf.to_container(cfg, resolve=True)
     logger = make_logger(cfg.logger, run_dir, run_name=f"{cfg.sweep_name}/{cell}", group=cfg.sweep_name,
-                         config=resolved)
+                         config=resolved, tags=[f"method={method.name}", f"student={student.name}",
+                                                f"teacher={teacher.name if teacher else 'none'}"])
     try:
         train_rows = load_rows(cfg.data.train, cfg.data.embedded)
         val_rows = load_rows(cfg.data.validation, cfg.data.embedded)

@@ -53,6 +53,7 @@ def test_single_run_writes_results_and_wandb(tmp_path):
     assert run.summary["teacher/embedded_test/exact_match"] == pytest.approx(
         rec["teacher_metrics"]["embedded_test/exact_match"])
     assert run.config["method"]["name"] == "kd"
+    assert run.group == "default" and "method=kd" in run.tags and "student=tiny" in run.tags
     assert len(run.metric("train/loss")) >= 3
     assert run.metric("val/ce"), "validation was not logged"
 

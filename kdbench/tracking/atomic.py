@@ -33,6 +33,10 @@ def atomic_write_json(path: str | Path, obj) -> Path:
 def atomic_publish_dir(tmp_dir: Path, final_dir: Path) -> Path:
     """Move a fully written folder into place; if another worker won the race, keep theirs."""
     final_dir.parent.mkdir(parents=True, exist_ok=True)
+    # mkdtemp makes a 0700 folder and some writers 0600 files: a shared cache must be readable by its users.
+    tmp_dir.chmod(0o755)
+    for f in tmp_dir.rglob("*"):
+        f.chmod(0o755 if f.is_dir() else 0o644)
     try:
         os.replace(tmp_dir, final_dir)
     except OSError:

@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 
 
-def make_logger(logger_cfg, run_dir: Path, run_name: str, group: str, config: dict):
+def make_logger(logger_cfg, run_dir: Path, run_name: str, group: str, config: dict, tags: list[str] = ()):
     if logger_cfg.kind == "none" or logger_cfg.mode == "disabled":
         return None
     from lightning.pytorch.loggers import WandbLogger
@@ -22,7 +22,7 @@ def make_logger(logger_cfg, run_dir: Path, run_name: str, group: str, config: di
     os.environ.setdefault("WANDB_SILENT", "true")
     logger = WandbLogger(
         project=logger_cfg.project, entity=logger_cfg.entity, name=run_name, group=logger_cfg.group or group,
-        tags=list(logger_cfg.tags), save_dir=str(run_dir), offline=(mode == "offline"), config=config,
+        tags=list(dict.fromkeys([*logger_cfg.tags, *tags])), save_dir=str(run_dir), offline=(mode == "offline"), config=config,
         # A readable id from the run's folder would collide across re-runs; let W&B pick one.
     )
     return logger
