@@ -16,7 +16,6 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
 
 # Overrides that make a whole run take seconds: a small embedded benchmark, a one-layer teacher trained for a
 # few steps, a handful of training steps and test items.
@@ -26,7 +25,12 @@ TINY_RUN = [
 ]
 
 
-@pytest.fixture
-def shared_data() -> Path:
-    assert SHARED_DATA.is_dir(), f"{SHARED_DATA} is missing: tests read the real evaluation sets from ../shared/data"
-    return SHARED_DATA
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models run fastest on one thread, and the suite may share the machine with other work."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

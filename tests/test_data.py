@@ -14,8 +14,8 @@ import torch
 from omegaconf import OmegaConf
 
 from kdbench.data import embedded
-from kdbench.data.datamodule import (IGNORE, EncodedDataset, ShuffledBatchSampler, split_by_length, InstructionDataModule, collate,
-                                     encode_row)
+from kdbench.data.datamodule import (IGNORE, EncodedDataset, InstructionDataModule, ShuffledBatchSampler, collate,
+                                     encode_row, split_by_length)
 from kdbench.data.embedded import (ANIMALS, BENCHMARK_VERSION, COLORS, FAMILIES, FRUITS, NEGATIVE, NUMBER_WORDS,
                                    POSITIVE, SENTIMENT_LABELS, TOOLS, SplitSizes, generate_splits)
 from kdbench.data.sources import DataError, read_hf, read_jsonl

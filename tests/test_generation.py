@@ -19,14 +19,6 @@ from kdbench.models.tokenizer import train_bpe_tokenizer
 from kdbench.schema import ArchConfig, GenerationConfig
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 WORDS = ("the cat sat on a mat while dogs ran over green hills and birds sang songs in tall trees near rivers "
          "every morning before noon").split()
 

@@ -23,15 +23,6 @@ from kdbench.models.tokenizer import train_bpe_tokenizer
 from kdbench.schema import ArchConfig, MethodConfig, OptimConfig
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # Trainings run in the background on this machine: keep the tests on one core.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # Independent references
 # ----------------------------------------------------------------------------------------------------------------

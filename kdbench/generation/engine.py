@@ -25,8 +25,9 @@ def _progress(enabled: bool) -> Progress:
 
 
 @torch.no_grad()
-def generate(model, tokenizer, prompts: list[str], settings, max_prompt_length: int, max_new_tokens: int | None = None,
-             description: str = "generating", show_progress: bool = True) -> GenerationResult:
+def generate(model, tokenizer, prompts: list[str], settings, max_prompt_length: int,
+             max_new_tokens: int | None = None, description: str = "generating",
+             show_progress: bool = True) -> GenerationResult:
     """Generate one response per prompt, in the prompts' order.
 
     `settings` has do_sample, temperature, top_p, top_k, batch_size, seed (schema.GenerationConfig).
@@ -37,7 +38,8 @@ def generate(model, tokenizer, prompts: list[str], settings, max_prompt_length: 
     max_new = max_new_tokens or settings.max_new_tokens
     ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
     n_truncated = sum(len(x) > max_prompt_length for x in ids)
-    ids = [x[len(x) - max_prompt_length:] if len(x) > max_prompt_length else x for x in ids]  # keep the end: "### Response:" must stay next to the answer
+    # Left truncation keeps the end: "### Response:" must stay next to where the answer starts.
+    ids = [x[len(x) - max_prompt_length:] if len(x) > max_prompt_length else x for x in ids]
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
     texts: list[str | None] = [None] * len(ids)
     pad = tokenizer.pad_token_id

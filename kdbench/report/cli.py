@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
-from pathlib import Path
 
 from kdbench.report.collect import collect_results
 from kdbench.report.compare import build_table
@@ -20,7 +18,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         prog="kdbench-report",
         description="Compare finished kdbench runs: reads every complete results.json under DIR.")
     parser.add_argument("dir", metavar="DIR", help="directory searched recursively for results.json")
-    parser.add_argument("--metrics", help="comma-separated metric keys to show, or all (default: each set's rouge_l and exact_match)")
+    parser.add_argument("--metrics", help="comma-separated metric keys to show, or all "
+                                          "(default: each set's rouge_l and exact_match)")
     parser.add_argument("--format", choices=["md", "csv"], default="md", help="output format (default: md)")
     parser.add_argument("--out", metavar="FILE", help="also write the table to FILE (atomically)")
     parser.add_argument("--precision", type=int, default=1, metavar="N",

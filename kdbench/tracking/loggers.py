@@ -22,8 +22,8 @@ def make_logger(logger_cfg, run_dir: Path, run_name: str, group: str, config: di
     os.environ.setdefault("WANDB_SILENT", "true")
     logger = WandbLogger(
         project=logger_cfg.project, entity=logger_cfg.entity, name=run_name, group=logger_cfg.group or group,
-        tags=list(dict.fromkeys([*logger_cfg.tags, *tags])), save_dir=str(run_dir), offline=(mode == "offline"), config=config,
-        # A readable id from the run's folder would collide across re-runs; let W&B pick one.
+        tags=list(dict.fromkeys([*logger_cfg.tags, *tags])), save_dir=str(run_dir), offline=(mode == "offline"),
+        config=config,
     )
     return logger
 
