@@ -39,16 +39,10 @@ def _threads(cfg) -> int:
 def run(cfg: DictConfig) -> dict:
     import torch
 
-    from kdbench.data.datamodule import InstructionDataModule
-    from kdbench.data.sources import load_rows
-    from kdbench.evaluation.suite import evaluate_model
-    from kdbench.methods.fit import fit, make_trainer
-    from kdbench.methods.offline import OfflineDistillation, check_head_path
     from kdbench.models.compat import check_distillable
     from kdbench.models.resolve import load_student, load_teacher
     from kdbench.report.run_table import print_run_table
     from kdbench.schema import validate
-    from kdbench.tracking.loggers import finish, log_final, make_logger
     from kdbench.tracking.results import build_record, read_results, write_results
 
     t_start = time.perf_counter()
@@ -75,6 +69,14 @@ def run(cfg: DictConfig) -> dict:
     log.info("teacher %s (%s params), student %s (%s params), method %s",
              teacher.name if teacher else "-", f"{teacher.parameters:,}" if teacher else "-",
              student.name, f"{student.parameters:,}", method.name)
+
+    # Imported after the models load: a missing model or a bad key fails before Lightning's import cost.
+    from kdbench.data.datamodule import InstructionDataModule
+    from kdbench.data.sources import load_rows
+    from kdbench.evaluation.suite import evaluate_model
+    from kdbench.methods.fit import fit, make_trainer
+    from kdbench.methods.offline import OfflineDistillation, check_head_path
+    from kdbench.tracking.loggers import finish, log_final, make_logger
 
     resolved = OmegaConf.to_container(cfg, resolve=True)
     logger = make_logger(cfg.logger, run_dir, run_name=f"{cfg.sweep_name}/{cell}", group=cfg.sweep_name,
@@ -137,10 +139,24 @@ def run(cfg: DictConfig) -> dict:
 FAILED_FILE = "failed.txt"
 
 
+def _user_errors() -> tuple[type[Exception], ...]:
+    """Errors that are the input's fault: shown as their message alone (it names the key, file or line)."""
+    from kdbench.data.sources import DataError
+    from kdbench.models.compat import IncompatibleModelsError
+    from kdbench.models.loading import WeightsNotFoundError
+    from kdbench.schema import ConfigError
+
+    return ConfigError, DataError, IncompatibleModelsError, WeightsNotFoundError, FileNotFoundError
+
+
 @hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="train")
 def _hydra_main(cfg: DictConfig) -> None:
     if HydraConfig.get().mode != RunMode.MULTIRUN:
-        run(cfg)
+        try:
+            run(cfg)
+        except _user_errors() as e:
+            # SystemExit passes through Hydra's handler: the message, not a traceback, and exit status 1.
+            raise SystemExit(f"kdbench: error: {e}") from None
         return
     # In a sweep one failed cell must not sink the others: record the error in the cell's folder (the report
     # lists it and the sweep exits non-zero at its end) and let the launcher go on.

@@ -114,3 +114,15 @@ def test_a_failed_cell_does_not_sink_the_sweep(tmp_path):
     assert len(failed) == 1 and "method.alpha=1.5" in failed[0], failed
     assert "method.alpha=1.5" in (sweep / failed[0] / "failed.txt").read_text()
     assert f"FAILED {failed[0]}" in out.stdout
+
+
+def test_missing_real_weights_fail_cleanly_naming_the_key(tmp_path):
+    env_home = tmp_path / "hf"
+    out = subprocess.run([sys.executable, "-c", "from kdbench.train import cli; cli()", "teacher=gpt2-xl",
+                          "logger=none"], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(env_home),
+                              "KDBENCH_CACHE": str(tmp_path / "cache")})
+    assert out.returncode == 1
+    assert "kdbench: error: teacher.path='openai-community/gpt2-xl': the weights are not on disk" in out.stderr
+    assert "hf download" in out.stderr and "teacher.path=/path/to/that/folder" in out.stderr
+    assert "Traceback" not in out.stderr

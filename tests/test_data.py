@@ -381,7 +381,7 @@ def test_read_hf_unknown_id_fails_fast(hf_offline):
     t0 = time.perf_counter()
     with pytest.raises(DataError) as e:
         read_hf("kdbench-nobody/no-such-dataset-xyz", "train")
-    assert time.perf_counter() - t0 < 5
+    assert time.perf_counter() - t0 < 20  # no retry loop (the hub client retries for ~45 s); budget in BENCHMARKS.md
     assert "kdbench-nobody/no-such-dataset-xyz" in str(e.value)
     assert "source.kind=jsonl" in str(e.value)
 

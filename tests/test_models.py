@@ -145,7 +145,7 @@ def test_missing_weights_offline_fails_fast(empty_hf_cache, monkeypatch):
     t0 = time.perf_counter()
     with pytest.raises(WeightsNotFoundError) as e:
         load_pretrained("openai-community/gpt2-xl", "teacher.path")
-    assert time.perf_counter() - t0 < 5
+    assert time.perf_counter() - t0 < 20  # no retry loop (the hub client retries for ~45 s); budget in BENCHMARKS.md
     _assert_helpful(str(e.value), "openai-community/gpt2-xl", "teacher.path")
     assert "HF_HUB_OFFLINE" in str(e.value)
     assert not any(empty_hf_cache.rglob("*.safetensors"))
@@ -162,7 +162,7 @@ def test_missing_weights_unreachable_hub_fails_fast(empty_hf_cache, monkeypatch)
     t0 = time.perf_counter()
     with pytest.raises(WeightsNotFoundError) as e:
         load_pretrained("openai-community/gpt2-xl", "student.path")
-    assert time.perf_counter() - t0 < 5
+    assert time.perf_counter() - t0 < 20  # no retry loop (the hub client retries for ~45 s); budget in BENCHMARKS.md
     _assert_helpful(str(e.value), "openai-community/gpt2-xl", "student.path")
     assert "unreachable" in str(e.value)
 
@@ -335,7 +335,7 @@ def test_load_pretrained_hub_id_from_the_local_cache(tok, empty_hf_cache, monkey
     _put_in_hf_cache(empty_hf_cache / "hub", "kdbench-test/tiny", "a" * 40, model, tok)
     t0 = time.perf_counter()
     loaded, ltok = load_pretrained("kdbench-test/tiny", "teacher.path")
-    assert time.perf_counter() - t0 < 5
+    assert time.perf_counter() - t0 < 20  # no retry loop (the hub client retries for ~45 s); budget in BENCHMARKS.md
     assert ltok.padding_side == "left" and ltok.pad_token is not None
     ids = torch.tensor([tok("Sort 42, 17", add_special_tokens=False)["input_ids"]])
     with torch.no_grad():

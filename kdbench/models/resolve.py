@@ -40,12 +40,10 @@ def load_teacher(cfg, cache_dir, show_progress: bool = True) -> Loaded:
     t = cfg.teacher
     if t.source == "pretrained":
         model, tok = load_pretrained(t.path, "teacher.path", t.dtype, t.tokenizer)
-        fingerprint = model.kdbench_fingerprint
     else:
         tok = _scratch_tokenizer(t, cfg, cache_dir)
-        model, key = teacher_stage(cfg, tok, cache_dir, show_progress)
-        fingerprint = model.kdbench_fingerprint
-    return Loaded(freeze(model), tok, t.name, count_parameters(model), fingerprint)
+        model, _ = teacher_stage(cfg, tok, cache_dir, show_progress)
+    return Loaded(freeze(model), tok, t.name, count_parameters(model), model.kdbench_fingerprint)
 
 
 def load_student(cfg, cache_dir, teacher_tokenizer=None) -> Loaded:

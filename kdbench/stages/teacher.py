@@ -19,11 +19,7 @@ from filelock import FileLock
 from omegaconf import OmegaConf
 from transformers import AutoModelForCausalLM
 
-from kdbench.data.datamodule import InstructionDataModule
-from kdbench.data.sources import load_rows
-from kdbench.methods.fit import fit, make_trainer
-from kdbench.methods.offline import OfflineDistillation
-from kdbench.models.loading import build_from_arch, count_parameters
+from kdbench.models.loading import DTYPES, build_from_arch, count_parameters
 from kdbench.paths import ASSETS_DIR
 from kdbench.schema import MethodConfig
 from kdbench.stages.keys import content_key
@@ -45,8 +41,8 @@ def find_teacher(key: str, cache_dir: str | Path) -> Path | None:
     return None
 
 
-def load_teacher_folder(folder: Path, key: str):
-    model = AutoModelForCausalLM.from_pretrained(str(folder), local_files_only=True)
+def load_teacher_folder(folder: Path, key: str, dtype: str = "float32"):
+    model = AutoModelForCausalLM.from_pretrained(str(folder), local_files_only=True, dtype=DTYPES[dtype])
     model.kdbench_fingerprint = f"teacher-stage-{key}"
     return model
 
@@ -57,7 +53,7 @@ def teacher_stage(cfg, tokenizer, cache_dir: str | Path, show_progress: bool = T
     found = find_teacher(key, cache_dir)
     if found is not None:
         log.info("teacher %s: reusing the fine-tuned teacher %s from %s", cfg.teacher.name, key, found)
-        return load_teacher_folder(found, key), key
+        return load_teacher_folder(found, key, cfg.teacher.dtype), key
     target = Path(cache_dir) / "teachers" / key
     target.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(target) + ".lock"):
@@ -69,10 +65,16 @@ def teacher_stage(cfg, tokenizer, cache_dir: str | Path, show_progress: bool = T
             found = target
         else:
             log.info("teacher %s: trained meanwhile by another worker; reusing %s", cfg.teacher.name, key)
-    return load_teacher_folder(found, key), key
+    return load_teacher_folder(found, key, cfg.teacher.dtype), key
 
 
 def _train(cfg, tokenizer, key: str, target: Path, show_progress: bool) -> None:
+    # Imported here: training pulls in Lightning, which a run that finds its teacher never needs to wait for.
+    from kdbench.data.datamodule import InstructionDataModule
+    from kdbench.data.sources import load_rows
+    from kdbench.methods.fit import fit, make_trainer
+    from kdbench.methods.offline import OfflineDistillation
+
     ft = cfg.teacher.finetune
     t0 = time.perf_counter()
     model = build_from_arch(cfg.teacher.arch, tokenizer, seed=ft.seed, dtype=cfg.teacher.dtype)
