@@ -8,7 +8,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from kdbench.data.template import render_prompt
+from kdbench.data.template import left_truncate, render_prompt
 
 IGNORE = -100
 
@@ -23,7 +23,7 @@ def encode_row(row: dict, tokenizer, max_prompt_length: int, max_response_length
     the response ids and EOS; labels are IGNORE on the prompt."""
     prompt_ids = tokenizer(prompt_of(row), add_special_tokens=False)["input_ids"]
     truncated = len(prompt_ids) > max_prompt_length
-    prompt_ids = prompt_ids[len(prompt_ids) - max_prompt_length:] if truncated else prompt_ids
+    prompt_ids = left_truncate(prompt_ids, max_prompt_length)
     response_ids = tokenizer(row["output"], add_special_tokens=False)["input_ids"][:max_response_length]
     response_ids = response_ids + [tokenizer.eos_token_id]
     return {"prompt_ids": prompt_ids, "response_ids": response_ids, "truncated": truncated}

@@ -20,3 +20,8 @@ def render_prompt(instruction: str, input_: str = "") -> str:
     if input_:
         return PROMPT_WITH_INPUT.format(instruction=instruction, input=input_)
     return PROMPT_NO_INPUT.format(instruction=instruction)
+
+
+def left_truncate(ids: list[int], max_length: int) -> list[int]:
+    """Keep a prompt's END: "### Response:" must stay next to where the answer starts."""
+    return ids[len(ids) - max_length:] if len(ids) > max_length else ids

@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from kdbench.data.template import left_truncate
+
 
 @dataclass
 class GenerationResult:
@@ -38,8 +40,7 @@ def generate(model, tokenizer, prompts: list[str], settings, max_prompt_length: 
     max_new = max_new_tokens or settings.max_new_tokens
     ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
     n_truncated = sum(len(x) > max_prompt_length for x in ids)
-    # Left truncation keeps the end: "### Response:" must stay next to where the answer starts.
-    ids = [x[len(x) - max_prompt_length:] if len(x) > max_prompt_length else x for x in ids]
+    ids = [left_truncate(x, max_prompt_length) for x in ids]
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
     texts: list[str | None] = [None] * len(ids)
     pad = tokenizer.pad_token_id
