@@ -45,6 +45,18 @@ class ProgressLog(L.Callback):
                                                 self.name, step, self.max_steps, loss, tps, elapsed, left)
 
 
+def _progress_bar():
+    from lightning.pytorch.callbacks import RichProgressBar
+
+    class StepProgressBar(RichProgressBar):
+        """kdbench trains for max_steps, not epochs: Lightning's "Epoch 0/-2" (max_epochs=-1) would mislead."""
+
+        def _get_train_description(self, current_epoch: int) -> str:
+            return "train"
+
+    return StepProgressBar()
+
+
 def make_trainer(trainer_cfg, max_steps: int, logger=None, default_root_dir: str | None = None,
                  progress: bool | None = None, name: str = "train") -> L.Trainer:
     quiet_lightning()
@@ -56,7 +68,7 @@ def make_trainer(trainer_cfg, max_steps: int, logger=None, default_root_dir: str
         limit_val_batches=t.val_batches, num_sanity_val_steps=0, log_every_n_steps=t.log_every,
         logger=logger if logger is not None else False, enable_checkpointing=False,
         enable_model_summary=False, enable_progress_bar=show, default_root_dir=default_root_dir,
-        callbacks=[ProgressLog(max_steps, name)],
+        callbacks=[ProgressLog(max_steps, name), *([_progress_bar()] if show else [])],
     )
 
 

@@ -25,6 +25,10 @@ def make_logger(logger_cfg, run_dir: Path, run_name: str, group: str, config: di
         tags=list(dict.fromkeys([*logger_cfg.tags, *tags])), save_dir=str(run_dir), offline=(mode == "offline"),
         config=config,
     )
+    # Lightning always passes anonymous=None to wandb.init, and wandb >= 0.19 warns that the `anonymous`
+    # setting is deprecated whenever the argument is present at all; leaving it out means the same thing.
+    if getattr(logger, "_wandb_init", {}).get("anonymous", "set") is None:
+        del logger._wandb_init["anonymous"]
     return logger
 
 
