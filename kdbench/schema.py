@@ -78,6 +78,9 @@ class SourceConfig:
     kind: str = "embedded"
     path: Optional[str] = None
     split: str = "train"
+    # Drop the first `skip` rows, then keep at most `limit`: with one split, train skip=N and validation
+    # limit=N are disjoint.
+    skip: int = 0
     limit: Optional[int] = None
     # Our field -> the source's column, e.g. {input: context, output: response} for databricks-dolly-15k.
     columns: Dict[str, str] = field(default_factory=dict)
@@ -86,7 +89,7 @@ class SourceConfig:
 @dataclass
 class EmbeddedConfig:
     seed: int = 0
-    version: int = 1
+    version: int = 2
     train_size: int = 30000
     validation_size: int = 500
     test_size: int = 2100
@@ -105,6 +108,18 @@ class DataConfig:
 
 
 @dataclass
+class HiddenConfig:
+    """Hidden-state distillation (FitNets / TinyBERT-style): student layer i matches teacher layer layer_map[i]."""
+    # Weight of the hidden-state loss added to the method's loss; 0 turns it off.
+    weight: float = 0.0
+    # mse or cosine (1 - cosine similarity), per response position, averaged over the mapped layers.
+    loss: str = "mse"
+    # Teacher layer (1..L_teacher; 0 = embeddings) for each student layer 1..L_student; null = uniform:
+    # student layer l <- teacher layer round(l * L_teacher / L_student).
+    layer_map: Optional[List[int]] = None
+
+
+@dataclass
 class MethodConfig:
     name: str = MISSING
     # offline: a divergence to the teacher on the data's own responses (sft is the case with no divergence).
@@ -116,6 +131,11 @@ class MethodConfig:
     temperature: float = 1.0
     # Hinton-style KD multiplies the soft loss by T^2 to keep gradient scale; off by default (MiniLLM's KD).
     scale_by_t2: bool = False
+    # The divergence's own hyperparameters, e.g. {beta: 0.5} for generalized_jsd (see its docstring).
+    divergence_hp: Dict[str, float] = field(default_factory=dict)
+    # Rows of logits computed at once by the memory-bounded loss (peak memory ~ chunk_size x vocabulary).
+    chunk_size: int = 1024
+    hidden: HiddenConfig = field(default_factory=HiddenConfig)
 
 
 @dataclass
@@ -208,6 +228,17 @@ def _check(ok: bool, key: str, value: Any, why: str) -> None:
         raise ConfigError(f"{key}={value!r}: {why}")
 
 
+def _check_divergence_hp(fn, hp: dict, name: str) -> None:
+    """Call the divergence once on a toy pair: an unknown or out-of-range hyperparameter fails now, naming it,
+    rather than at the first training step (and the JSD's near-endpoint warning shows at start)."""
+    import torch
+
+    try:
+        fn(torch.zeros(1, 3), torch.zeros(1, 3), **hp)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"method.divergence_hp={hp!r}: {name} rejects it: {e}") from None
+
+
 def validate(cfg: Any) -> None:
     """Range checks that the type system cannot express. Called when a run starts."""
     m = cfg.method
@@ -218,6 +249,10 @@ def validate(cfg: Any) -> None:
         from kdbench.losses import DIVERGENCES
         _check(m.divergence in DIVERGENCES, "method.divergence", m.divergence,
                f"known divergences: {', '.join(sorted(DIVERGENCES))}")
+        _check_divergence_hp(DIVERGENCES[m.divergence], dict(m.divergence_hp or {}), m.divergence)
+    _check(m.chunk_size > 0, "method.chunk_size", m.chunk_size, "must be > 0")
+    _check(m.hidden.weight >= 0, "method.hidden.weight", m.hidden.weight, "must be >= 0")
+    _check(m.hidden.loss in ("mse", "cosine"), "method.hidden.loss", m.hidden.loss, "use mse or cosine")
     for role in ("teacher", "student"):
         mc = cfg[role]
         _check(mc.source in ("scratch", "pretrained"), f"{role}.source", mc.source, "use scratch or pretrained")

@@ -43,23 +43,33 @@ def run(cfg: DictConfig) -> dict:
     from kdbench.models.resolve import load_student, load_teacher
     from kdbench.report.run_table import print_run_table
     from kdbench.schema import validate
-    from kdbench.tracking.results import build_record, read_results, write_results
+    from kdbench.tracking.results import (build_record, config_changes, read_results, supersede_results,
+                                          write_results)
 
     t_start = time.perf_counter()
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     cell = HydraConfig.get().job.override_dirname or "default"
+    resolved = OmegaConf.to_container(cfg, resolve=True)
     done = read_results(run_dir)
     if done is not None and not cfg.force:
-        log.info("%s: finished earlier (results.json exists); skipping. Pass force=true to redo it.", run_dir)
-        print_run_table(done)
-        return done
+        changed = config_changes(done.get("config", {}), resolved)
+        if not changed:
+            log.info("%s: finished earlier (results.json exists); skipping. Pass force=true to redo it.", run_dir)
+            print_run_table(done)
+            return done
+        # Same folder, different run (a new benchmark version, an edited config group): redo it, keeping the
+        # old record beside the new one rather than overwriting it.
+        superseded = supersede_results(run_dir)
+        log.warning("%s: results.json was made with a different config (%s); redoing the run (the old record "
+                    "is kept as %s)", run_dir, ", ".join(changed[:5]) + (" ..." if len(changed) > 5 else ""),
+                    superseded.name)
 
     validate(cfg)
     torch.set_num_threads(_threads(cfg))
     torch.manual_seed(cfg.seed)
     cache_dir = Path(os.path.expanduser(cfg.paths.cache_dir))
     method = cfg.method
-    whitebox = method.divergence is not None and method.alpha > 0
+    whitebox = (method.divergence is not None and method.alpha > 0) or method.hidden.weight > 0
 
     teacher = load_teacher(cfg, cache_dir, cfg.trainer.progress) if (whitebox or cfg.eval.teacher) else None
     student = load_student(cfg, cache_dir, teacher.tokenizer if teacher else None)
@@ -78,7 +88,6 @@ def run(cfg: DictConfig) -> dict:
     from kdbench.methods.offline import OfflineDistillation, check_head_path
     from kdbench.tracking.loggers import finish, log_final, make_logger
 
-    resolved = OmegaConf.to_container(cfg, resolve=True)
     logger = make_logger(cfg.logger, run_dir, run_name=f"{cfg.sweep_name}/{cell}", group=cfg.sweep_name,
                          config=resolved, tags=[f"method={method.name}", f"student={student.name}",
                                                 f"teacher={teacher.name if teacher else 'none'}"])

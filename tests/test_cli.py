@@ -65,6 +65,19 @@ def test_single_run_writes_results_and_wandb(tmp_path):
     # The teacher stage ran once and is reused: its cache entry exists.
     assert len(list((cache / "teachers").glob("*/model.safetensors"))) == 1
 
+    # A record made by a different config in the same folder (say, an older benchmark version) is not reused:
+    # the run is redone and the old record kept beside the new one.
+    stale = json.loads(results[0].read_text())
+    stale["config"]["data"]["embedded"]["version"] = -1
+    stale["config"]["trainer"]["num_threads"] = 99  # volatile keys never count
+    results[0].write_text(json.dumps(stale))
+    redo = kdbench(TINY_RUN, tmp_path, cache)
+    assert redo.returncode == 0, redo.stderr[-3000:]
+    assert "different config (data.embedded.version)" in redo.stderr + redo.stdout
+    kept = results[0].with_name("results.superseded-1.json")
+    assert json.loads(kept.read_text())["config"]["data"]["embedded"]["version"] == -1
+    assert json.loads(results[0].read_text())["config"]["data"]["embedded"]["version"] != -1
+
 
 def test_four_cell_sweep_resumes_and_reports(tmp_path):
     cache = tmp_path / "cache"

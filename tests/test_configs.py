@@ -88,9 +88,13 @@ def test_wrong_type_fails_naming_key():
     ("trainer.micro_batch_size=64", "trainer.micro_batch_size"),
     ("student.arch.num_heads=5", "student.arch.num_heads"),
     ("logger.kind=tensorboard", "logger.kind"),
+    ("method=jsd method.divergence_hp.beta=1.5", "method.divergence_hp"),
+    ("method=skl +method.divergence_hp.skew=0.1", "method.divergence_hp"),
+    ("method=akl method.divergence_hp.mu=-1", "method.divergence_hp"),
+    ("method.chunk_size=0", "method.chunk_size"),
 ])
 def test_nonsense_values_fail_when_the_run_starts(override, key):
-    cfg = _compose([override])
+    cfg = _compose(override.split())
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         validate(cfg)
 
@@ -106,10 +110,15 @@ def test_run_folder_is_a_pure_function_of_overrides():
     assert "override_dirname" in dirs[0]["run"]["dir"] and "override_dirname" in dirs[0]["sweep"]["subdir"]
 
 
+def test_jsd_near_an_endpoint_warns_at_start():
+    with pytest.warns(UserWarning, match="beta"):
+        validate(_compose(["method=jsd", "method.divergence_hp.beta=0.005"]))
+
+
 def test_help_lists_groups_and_options():
     out = subprocess.run([sys.executable, "-m", "kdbench.train", "--help"], capture_output=True, text=True,
                          timeout=120, cwd=Path(__file__).parent)
     assert out.returncode == 0, out.stderr
     for group in ("method", "student", "teacher", "data", "eval", "trainer", "logger"):
         assert f"{group}:" in out.stdout
-    assert "kd, sft" in out.stdout and "tiny" in out.stdout
+    assert "akl, hidden, jsd, kd, rkl, sft, skl, srkl, tvd" in out.stdout and "tiny" in out.stdout

@@ -16,9 +16,9 @@ from omegaconf import OmegaConf
 from kdbench.data import embedded
 from kdbench.data.datamodule import (IGNORE, EncodedDataset, InstructionDataModule, ShuffledBatchSampler, collate,
                                      encode_row, split_by_length)
-from kdbench.data.embedded import (ANIMALS, BENCHMARK_VERSION, COLORS, FAMILIES, FRUITS, NEGATIVE, NUMBER_WORDS,
-                                   POSITIVE, SENTIMENT_LABELS, TOOLS, SplitSizes, generate_splits)
-from kdbench.data.sources import DataError, read_hf, read_jsonl
+from kdbench.data.embedded import (BENCHMARK_VERSION, FAMILIES, FRUITS, NEGATIVE, POSITIVE,
+                                   SENTIMENT_LABELS, SplitSizes, generate_splits)
+from kdbench.data.sources import DataError, load_rows, read_hf, read_jsonl
 from kdbench.data.template import render_prompt
 from kdbench.models.tokenizer import train_bpe_tokenizer
 from kdbench.schema import EmbeddedConfig
@@ -124,12 +124,6 @@ def test_wrong_version_raises_naming_it():
         generate_splits(version=BENCHMARK_VERSION + 1, sizes=SMALL)
 
 
-def _word_in(text: str, vocabulary: list[str]) -> str:
-    found = [w for w in vocabulary if re.search(rf"\b{re.escape(w)}\b", text)]
-    assert len(found) == 1, (text, found)
-    return found[0]
-
-
 def test_rule_sort(small_splits):
     for r in by_family(small_splits["train"], "sort"):
         numbers = [int(x) for x in r["input"].split(", ")]
@@ -145,23 +139,19 @@ def test_rule_reverse(small_splits):
 
 def test_rule_lookup(small_splits):
     for r in by_family(small_splits["train"], "lookup"):
-        pairs = dict(item.split(" = ") for item in r["input"].split(", "))
-        key = _word_in(r["instruction"], list(pairs))
-        assert r["output"] == pairs[key]
-
-
-def test_rule_count(small_splits):
-    for r in by_family(small_splits["train"], "count"):
-        target = _word_in(r["instruction"], ANIMALS)
-        assert r["output"] == NUMBER_WORDS[min(r["input"].split().count(target), 9)]
+        records, query = r["input"].split("\n")
+        assert records.startswith("records: ") and query.startswith("query: ")
+        pairs = dict(item.split(" = ") for item in records.removeprefix("records: ").split(", "))
+        assert set(pairs) <= set(FRUITS) and len(set(pairs.values())) == len(pairs)
+        assert r["output"] == pairs[query.removeprefix("query: ")]
 
 
 def test_rule_filter(small_splits):
-    categories = {"animals": ANIMALS, "tools": TOOLS, "fruits": FRUITS, "colors": COLORS}
     for r in by_family(small_splits["train"], "filter"):
-        target = _word_in(r["instruction"], list(categories))
-        words = r["input"].split(", ")
-        assert r["output"] == ", ".join(w for w in words if w in categories[target])
+        numbers = [int(x) for x in r["input"].split(", ")]
+        kept = [x for x in numbers if x > 50]
+        assert 50 not in numbers and 0 < len(kept) < len(numbers)
+        assert r["output"] == ", ".join(map(str, kept))
 
 
 def test_rule_sentiment(small_splits):
@@ -183,12 +173,10 @@ def test_rule_sentiment(small_splits):
 def test_rule_profile(small_splits):
     rows = by_family(small_splits["train"], "profile")
     for r in rows:
-        lines = r["input"].split("\n")
         expected = []
-        for line in lines:
+        for line in r["input"].split("\n"):
             f = dict(kv.split(": ") for kv in line.split("; "))
-            expected.append(f"{f['name']} is {f['age']} years old and lives in {f['city']}. "
-                            f"{f['name']} works as a {f['job']} and has a {f['pet']}.")
+            expected.append(f"{f['name']} lives in {f['city']} and works as a {f['job']}.")
         assert r["output"] == " ".join(expected)
 
 
@@ -196,8 +184,8 @@ def test_profile_is_long_sometimes(small_splits, tok):
     rows = by_family(small_splits["train"], "profile")
     lengths = [len(tok(r["output"], add_special_tokens=False)["input_ids"]) for r in rows]
     assert max(lengths) >= 60
-    assert sum(n >= 60 for n in lengths) >= len(lengths) // 2
-    assert {len(r["input"].split("\n")) for r in rows} == {2, 3, 4}  # 2-4 people per table
+    assert sum(n >= 60 for n in lengths) >= len(lengths) // 10
+    assert {len(r["input"].split("\n")) for r in rows} == set(range(2, 8))  # 2-7 people per table
 
 
 def test_generators_share_no_global_state():
@@ -294,6 +282,20 @@ def test_read_jsonl_limit(tmp_path):
     path = write_lines(tmp_path / "many.jsonl", lines)
     rows = read_jsonl(path, limit=3)
     assert [r["instruction"] for r in rows] == ["q0", "q1", "q2"]
+
+
+def test_skip_and_limit_split_one_file_into_disjoint_sets(tmp_path):
+    from kdbench.schema import SourceConfig
+    path = write_lines(tmp_path / "one_split.jsonl",
+                       [json.dumps({"instruction": f"q{i}", "output": f"a{i}"}) for i in range(10)])
+    validation = load_rows(SourceConfig(kind="jsonl", path=str(path), limit=3), None)
+    train = load_rows(SourceConfig(kind="jsonl", path=str(path), skip=3), None)
+    assert [r["instruction"] for r in validation] == ["q0", "q1", "q2"]
+    assert [r["instruction"] for r in train] == [f"q{i}" for i in range(3, 10)]
+    assert [r["instruction"] for r in load_rows(SourceConfig(kind="jsonl", path=str(path), skip=8, limit=5),
+                                                None)] == ["q8", "q9"]
+    with pytest.raises(DataError, match=r"source\.skip=-1"):
+        load_rows(SourceConfig(kind="jsonl", path=str(path), skip=-1), None)
 
 
 def test_read_jsonl_empty_file(tmp_path):

@@ -31,7 +31,9 @@ def _model(tok, seed, hidden=32):
 
 
 def _held_out(module, dm, teacher=None):
-    """(CE, KL to the teacher) per response token on the validation rows."""
+    """(CE, the method's divergence to the teacher (forward KL for sft)) per response token on the validation
+    rows."""
+    div = module.divergence or forward_kl
     module.student.eval()
     ce = kl = n = 0.0
     with torch.no_grad():
@@ -41,7 +43,7 @@ def _held_out(module, dm, teacher=None):
             ce += float(torch.nn.functional.cross_entropy(s, targets, reduction="sum"))
             if teacher is not None:
                 t, _ = response_logits(teacher, batch, module.vocab_size)
-                kl += float(forward_kl(s, t).sum())
+                kl += float(div(s, t, **module.divergence_hp).sum())
             n += targets.numel()
     return ce / n, kl / n
 
@@ -66,19 +68,23 @@ def teacher(tokenizer):
     return freeze(model)
 
 
-@pytest.mark.parametrize("method", [
-    MethodConfig(name="sft"),
-    MethodConfig(name="kd", divergence="forward_kl", alpha=0.5),
-    MethodConfig(name="kd-pure", divergence="forward_kl", alpha=1.0, temperature=2.0, scale_by_t2=True),
-], ids=lambda m: m.name)
+def _method_configs() -> list:
+    """Every shipped conf/method/*.yaml (merged onto the schema as Hydra would), plus pure Hinton-style KD."""
+    from kdbench.paths import conf_dir
+    configs = [OmegaConf.merge(OmegaConf.structured(MethodConfig), OmegaConf.load(p))
+               for p in sorted((conf_dir() / "method").glob("*.yaml"))]
+    return configs + [OmegaConf.structured(MethodConfig(name="kd-pure", divergence="forward_kl", alpha=1.0,
+                                                        temperature=2.0, scale_by_t2=True))]
+
+
+@pytest.mark.parametrize("method", _method_configs(), ids=lambda m: m.name)
 def test_training_lowers_the_loss(tokenizer, teacher, method):
     torch.manual_seed(0)
-    teacher = teacher if method.divergence else None
+    teacher = teacher if (method.divergence or method.hidden.weight > 0) else None
     student = _model(tokenizer, seed=0)
     trainer_cfg = _trainer_cfg(40)
     dm = InstructionDataModule(ROWS["train"], ROWS["validation"], tokenizer, 16, seed=0)
-    module = OfflineDistillation(student, teacher, OmegaConf.structured(method), trainer_cfg.optim, 40,
-                                 len(tokenizer))
+    module = OfflineDistillation(student, teacher, method, trainer_cfg.optim, 40, len(tokenizer))
     ce0, kl0 = _held_out(module, dm, teacher)
     fit(module, dm, make_trainer(trainer_cfg, 40))
     ce1, kl1 = _held_out(module, dm, teacher)
@@ -89,3 +95,42 @@ def test_training_lowers_the_loss(tokenizer, teacher, method):
         # The teacher is untouched: frozen, and not part of the module's parameters.
         assert all(not p.requires_grad for p in teacher.parameters())
         assert not any(p is q for p in module.parameters() for q in teacher.parameters())
+
+
+def test_hidden_state_distillation_moves_the_students_layers_toward_the_teachers(tokenizer, teacher):
+    from kdbench.methods.offline import response_hidden
+    from kdbench.paths import conf_dir
+    method = OmegaConf.merge(OmegaConf.structured(MethodConfig), OmegaConf.load(conf_dir() / "method/hidden.yaml"))
+    torch.manual_seed(0)
+    student = _model(tokenizer, seed=0)  # width 32 against the teacher's 48: a learned projection
+    trainer_cfg = _trainer_cfg(40)
+    dm = InstructionDataModule(ROWS["train"], ROWS["validation"], tokenizer, 16, seed=0)
+    module = OfflineDistillation(student, teacher, method, trainer_cfg.optim, 40, len(tokenizer))
+    assert module.layer_map == [1] and module.projections is not None
+
+    def held_out_hidden():
+        total = n = 0.0
+        with torch.no_grad():
+            for batch in dm.val_dataloader():
+                s = response_hidden(student, batch, all_layers=True)
+                t = response_hidden(teacher, batch, all_layers=True)
+                total += float(module.hidden_loss_sum(s[2], t[2]))
+                n += s[1].numel()
+        return total / n
+
+    before = held_out_hidden()
+    fit(module, dm, make_trainer(trainer_cfg, 40))
+    assert held_out_hidden() < 0.5 * before
+
+
+def test_uniform_layer_map_and_a_map_out_of_range(tokenizer, teacher):
+    from kdbench.methods.offline import uniform_layer_map
+    from kdbench.schema import ConfigError
+    assert uniform_layer_map(2, 4) == [2, 4]
+    assert uniform_layer_map(3, 12) == [4, 8, 12]
+    assert uniform_layer_map(4, 4) == [1, 2, 3, 4]
+    method = OmegaConf.structured(MethodConfig(name="hidden"))
+    method.hidden.weight = 1.0
+    method.hidden.layer_map = [5]
+    with pytest.raises(ConfigError, match=r"method\.hidden\.layer_map"):
+        OfflineDistillation(_model(tokenizer, seed=0), teacher, method, _trainer_cfg(1).optim, 1, len(tokenizer))

@@ -282,3 +282,15 @@ def test_cli_missing_dir_exits_2(tmp_path, capsys):
     missing = tmp_path / "does-not-exist"
     assert main([str(missing)]) == 2
     assert str(missing) in capsys.readouterr().err
+
+
+def test_config_changes_ignores_volatile_and_added_keys():
+    from kdbench.tracking.results import config_changes
+    old = {"method": {"name": "kd", "alpha": 0.5}, "trainer": {"num_threads": 1, "max_steps": 10},
+           "paths": {"output_root": "a"}, "data": {"embedded": {"version": 1}}}
+    new = {"method": {"name": "kd", "alpha": 0.5, "chunk_size": 1024}, "trainer": {"num_threads": 2, "max_steps": 10},
+           "paths": {"output_root": "b"}, "data": {"embedded": {"version": 2}}}
+    assert config_changes(old, new) == ["data.embedded.version"]
+    assert config_changes(old, old) == []
+    new["trainer"]["max_steps"] = 20
+    assert config_changes(old, new) == ["data.embedded.version", "trainer.max_steps"]

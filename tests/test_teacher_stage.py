@@ -49,3 +49,8 @@ def test_key_changes_with_anything_that_determines_the_teacher(tmp_path):
     assert stage.teacher_key(base.teacher, base.data, "other-tokenizer") != k0
     # The display name does not change what is trained.
     assert stage.teacher_key(_cfg(["teacher.name=renamed"]).teacher, base.data, tok_key) == k0
+    # The data enters by content: a config edit that leaves the train rows alone keeps the key (a new schema
+    # field with a default must not orphan the shipped teacher), one that changes them does not.
+    assert stage.teacher_key(base.teacher, _cfg(["data.name=renamed", "data.validation.limit=7"]).data,
+                             tok_key) == k0
+    assert stage.teacher_key(base.teacher, _cfg(["data.train.limit=100"]).data, tok_key) != k0

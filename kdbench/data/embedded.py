@@ -4,11 +4,13 @@ Every item is a row of the common schema {instruction, input, output, category}.
 function of (seed, version): the same pair always yields the same splits, byte for byte, so a cached teacher
 trained on version N stays valid until the generator's rules change, and then the version number must move.
 
-Why these families: a distillation benchmark needs room between teacher and student. Families that only copy
-or count are solved by every model; families that need exact arithmetic are solved by none. What separates
-model sizes is retrieval over a context (lookup), composing several rules (sentiment with negation), holding
-an ordered list in memory (reverse, sort) and producing long structured text without drifting (profiles,
-60+ tokens: where exposure bias shows). `sentiment` has a fixed label set for calibration.
+Why these families: a distillation benchmark needs room between teacher and student, measured at convergence.
+Version 1 asked for retrieval two hops away (the key in the instruction, the records in the input), counting and
+category filtering: no model learned them, so they carried no signal. Version 2 keeps what the default teacher
+learns and what separates model sizes: retrieval over a context with the query last (lookup), composing several
+rules (sentiment with negation), holding an ordered list in memory (reverse, sort), a per-item comparison with an
+ordered copy (filter), and long structured text copied row by row without drifting (profile, up to ~75 tokens:
+where exposure bias shows). `sentiment` has a fixed label set for calibration.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import random
 from dataclasses import dataclass
 
 # Bump when any rule below changes: the teacher cache and the shipped teacher are keyed by it.
-BENCHMARK_VERSION = 1
+BENCHMARK_VERSION = 2
 
 FRUITS = ["apple", "pear", "plum", "fig", "kiwi", "lime", "mango", "peach", "grape", "melon", "lemon", "cherry",
           "date", "olive", "guava", "papaya"]
@@ -38,7 +40,7 @@ NEGATIVE = ["awful", "terrible", "rude", "dirty", "boring", "noisy", "bland", "p
 SENTIMENT_LABELS = ("positive", "negative", "neutral")
 NUMBER_WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 
-FAMILIES = ("lookup", "sentiment", "count", "reverse", "sort", "filter", "profile")
+FAMILIES = ("lookup", "sentiment", "reverse", "sort", "filter", "profile")
 
 
 @dataclass(frozen=True)
@@ -49,17 +51,21 @@ class SplitSizes:
 
 
 def _lookup(rng: random.Random) -> tuple[str, str, str]:
+    # The query comes last, right before the response: retrieval is then one content match over the records
+    # (associative recall), which the teacher learns; v1 asked for the key in the instruction, two hops away,
+    # and no model learned it. "records:" opens the list so that every key is a space-prefixed token, the same
+    # token as in the query.
     n = rng.randint(3, 6)
     keys = rng.sample(FRUITS, n)
-    values = [rng.randint(10, 99) for _ in keys]
+    values = rng.sample(range(10, 100), n)
     target = rng.randrange(n)
     instruction = rng.choice([
-        "What number is paired with {k} in the list?",
-        "Look up the value of {k} in the records below.",
-        "Which number does the list give for {k}?",
-    ]).format(k=keys[target])
-    context = ", ".join(f"{k} = {v}" for k, v in zip(keys, values))
-    return instruction, context, str(values[target])
+        "Answer the query with the number the records give for it.",
+        "Look up the query in the records and reply with its number.",
+        "Which number do the records list for the query?",
+    ])
+    records = ", ".join(f"{k} = {v}" for k, v in zip(keys, values))
+    return instruction, f"records: {records}\nquery: {keys[target]}", str(values[target])
 
 
 def _sentiment(rng: random.Random) -> tuple[str, str, str]:
@@ -86,21 +92,8 @@ def _sentiment(rng: random.Random) -> tuple[str, str, str]:
     return instruction, text, label
 
 
-def _count(rng: random.Random) -> tuple[str, str, str]:
-    pool = rng.sample(ANIMALS, 3)
-    n = rng.randint(5, 9)  # at most nine: the answer is a number word
-    words = [rng.choice(pool) for _ in range(n)]
-    target = rng.choice(pool)
-    instruction = rng.choice([
-        "How many times does the word {w} appear in the text?",
-        "Count how often {w} occurs in the following words.",
-        "Tell me the number of times {w} is mentioned below.",
-    ]).format(w=target)
-    return instruction, " ".join(words), NUMBER_WORDS[min(words.count(target), 9)]
-
-
 def _reverse(rng: random.Random) -> tuple[str, str, str]:
-    n = rng.randint(3, 6)
+    n = rng.randint(3, 7)
     words = [rng.choice(ANIMALS + COLORS) for _ in range(n)]
     instruction = rng.choice([
         "Write the words of the list in reverse order.",
@@ -122,37 +115,35 @@ def _sort(rng: random.Random) -> tuple[str, str, str]:
 
 
 def _filter(rng: random.Random) -> tuple[str, str, str]:
-    # Needs word-category knowledge (memorised from training) applied to every item of a list, in order.
-    categories = {"animals": ANIMALS, "tools": TOOLS, "fruits": FRUITS, "colors": COLORS}
-    target = rng.choice(list(categories))
+    # Select, in order, the items that pass a comparison: a per-item decision (the tens digit against 5) plus
+    # an ordered copy of a variable number of items. v1 filtered by memorised word categories: nobody learned it.
     n = rng.randint(4, 7)
-    k = rng.randint(1, 3)
-    chosen = rng.sample(categories[target], k)
-    others = [w for c, ws in categories.items() if c != target for w in ws]
-    words = chosen + rng.sample(others, n - k)
-    rng.shuffle(words)
+    k = rng.randint(1, n - 1)  # at least one number kept and one dropped
+    above = rng.sample(range(51, 100), k)
+    below = rng.sample(range(10, 50), n - k)
+    numbers = above + below
+    rng.shuffle(numbers)
     instruction = rng.choice([
-        "List only the {c} from the words below, in the order given.",
-        "Which of these words are {c}? Keep their order.",
-        "Pick out the {c} in the following list, keeping the original order.",
-    ]).format(c=target)
-    return instruction, ", ".join(words), ", ".join(w for w in words if w in chosen)
+        "List the numbers greater than 50, in the order given.",
+        "Which of these numbers are above 50? Keep their order.",
+        "Pick out the numbers larger than 50, keeping the original order.",
+    ])
+    return instruction, ", ".join(map(str, numbers)), ", ".join(str(x) for x in numbers if x > 50)
 
 
 def _profile(rng: random.Random) -> tuple[str, str, str]:
-    # The long-response family: 2-4 people, ~17 tokens of prose each; every field must be copied to the right
-    # sentence, so one drifted token breaks exact match while ROUGE-L degrades gracefully.
-    n = rng.randint(2, 4)
+    # The long-response family: 2-7 people, ~11 tokens of prose each (up to ~75 tokens); every field must be
+    # copied into the right sentence, so one drifted token breaks exact match while ROUGE-L degrades gracefully.
+    n = rng.randint(2, 7)
     people = rng.sample(NAMES, n)
     rows, sentences = [], []
     for name in people:
-        city, job, pet = rng.choice(CITIES), rng.choice(JOBS), rng.choice(ANIMALS)
-        age = rng.randint(20, 79)
-        rows.append(f"name: {name}; age: {age}; city: {city}; job: {job}; pet: {pet}")
-        sentences.append(f"{name} is {age} years old and lives in {city}. {name} works as a {job} and has a {pet}.")
+        city, job = rng.choice(CITIES), rng.choice(JOBS)
+        rows.append(f"name: {name}; city: {city}; job: {job}")
+        sentences.append(f"{name} lives in {city} and works as a {job}.")
     instruction = rng.choice([
         "Write a short profile for each person in the table.",
-        "Describe every person listed below in two sentences.",
+        "Describe every person listed below in one sentence.",
         "Turn each row of the table into a short description.",
     ])
     return instruction, "\n".join(rows), " ".join(sentences)
@@ -162,11 +153,10 @@ def _profile(rng: random.Random) -> tuple[str, str, str]:
 # share of the training signal is (frequency x response length): drawn uniformly, `profile` (~67 tokens) would
 # carry ~60% of every gradient and the one-word families ~5%, and the short-answer skills would be learned last.
 # These weights even out the token shares (no family above ~40%). Validation and test stay uniform over families.
-TRAIN_WEIGHTS = {"lookup": 3.0, "sentiment": 3.0, "count": 3.0, "reverse": 1.0, "sort": 1.0, "filter": 2.0,
-                 "profile": 0.5}
+TRAIN_WEIGHTS = {"lookup": 3.0, "sentiment": 2.0, "reverse": 1.0, "sort": 1.0, "filter": 1.5, "profile": 0.5}
 
-GENERATORS = {"lookup": _lookup, "sentiment": _sentiment, "count": _count, "reverse": _reverse, "sort": _sort,
-              "filter": _filter, "profile": _profile}
+GENERATORS = {"lookup": _lookup, "sentiment": _sentiment, "reverse": _reverse, "sort": _sort, "filter": _filter,
+              "profile": _profile}
 
 
 def _key(instruction: str, input_: str) -> str:

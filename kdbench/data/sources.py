@@ -89,19 +89,27 @@ def read_hf(name: str, split: str, columns: dict | None = None, limit: int | Non
 
 
 def load_rows(source, embedded_cfg) -> list[dict]:
-    """Rows for one SourceConfig."""
+    """Rows for one SourceConfig: the rows after the first `skip`, at most `limit` of them (skip + limit on
+    one split gives disjoint train and validation sets for a data set that ships only one split)."""
+    if source.skip < 0:
+        raise DataError(f"source.skip={source.skip}: must be >= 0")
+    n = None if source.limit is None else source.skip + source.limit
+    return _read(source, embedded_cfg, n)[source.skip:]
+
+
+def _read(source, embedded_cfg, n: int | None) -> list[dict]:
     if source.kind == "embedded":
         splits = embedded_splits(embedded_cfg)
         if source.split not in splits:
             raise DataError(f"source.split={source.split!r}: the embedded benchmark has {sorted(splits)}")
         rows = [dict(r, references=[r["output"]]) for r in splits[source.split]]
-        return rows[: source.limit] if source.limit is not None else rows
+        return rows[:n] if n is not None else rows
     if source.kind == "jsonl":
         if not source.path:
             raise DataError("source.path is required for source.kind=jsonl")
-        return read_jsonl(source.path, dict(source.columns), source.limit)
+        return read_jsonl(source.path, dict(source.columns), n)
     if source.kind == "hf":
         if not source.path:
             raise DataError("source.path (a Hugging Face dataset id) is required for source.kind=hf")
-        return read_hf(source.path, source.split, dict(source.columns), source.limit)
+        return read_hf(source.path, source.split, dict(source.columns), n)
     raise DataError(f"source.kind={source.kind!r}: use embedded, jsonl or hf")

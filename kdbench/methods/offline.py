@@ -1,14 +1,18 @@
-"""Offline logit distillation: the student learns on the data's own responses, from the ground truth
-(cross-entropy) and from the teacher's next-token distribution at the same positions (a divergence).
+"""Offline white-box distillation: the student learns on the data's own responses, from the ground truth
+(cross-entropy), from the teacher's next-token distribution at the same positions (a divergence), and optionally
+from the teacher's hidden states (hidden-state distillation).
 
-    loss = (1 - alpha) * CE + alpha * [T^2] * divergence(student, teacher; T)
+    loss = (1 - alpha) * CE + alpha * [T^2] * divergence(student, teacher; T; divergence_hp)
+           + hidden.weight * mean over mapped layers of MSE(proj(h_student_l), h_teacher_map[l])
 
-`sft` is alpha = 0 (the teacher is never run); `kd` is forward KL. Any divergence in kdbench.losses plugs in by
-name, so a new loss needs no new module.
+`sft` is alpha = 0 (the teacher is never run); `kd` is forward KL; `rkl`, `jsd`, `tvd`, `skl`, `srkl`, `akl` are
+the other divergences of kdbench.losses, which plug in by name; `hidden` adds the hidden-state term.
 
-Two choices that matter for the numbers:
+Three choices that matter for the numbers:
 - Logits are computed at response positions only: the LM head runs on the hidden states the loss reads, never on
   prompt positions (on the embedded benchmark ~60% of tokens are prompt).
+- With a teacher, the divergence and the CE come from `chunked_divergence`: the logits of both models exist
+  `method.chunk_size` rows at a time, so the loss's memory does not grow with the vocabulary x tokens.
 - The loss is summed over tokens and divided by the token count of the whole optimizer step, with the step's
   batch split into micro-batches here (manual optimization), so the micro-batch size never changes the objective;
   Lightning's own accumulation would average micro-batch means instead.
@@ -24,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from kdbench.data.datamodule import IGNORE
-from kdbench.losses import DIVERGENCES
+from kdbench.losses import DIVERGENCES, chunked_divergence
 
 
 def base_and_head(model):
@@ -32,15 +36,29 @@ def base_and_head(model):
     return getattr(model, model.base_model_prefix), model.get_output_embeddings()
 
 
-def response_logits(model, batch: dict, vocab_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits [N, V] at the N positions that predict a response token, and those tokens [N]."""
-    base, head = base_and_head(model)
-    hidden = base(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+def response_hidden(model, batch: dict, all_layers: bool = False):
+    """Final hidden states [N, H] at the N positions that predict a response token, and those tokens [N];
+    with all_layers, also every layer's states at those positions (index 0 = embeddings, L = last layer)."""
+    base, _ = base_and_head(model)
+    out = base(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=all_layers)
     targets = batch["labels"][:, 1:]
     at = targets != IGNORE
     # Boolean indexing copies the selected rows: [N, H] is far smaller than the [B, T, V] logits it replaces.
-    logits = head(hidden[:, :-1][at])
-    return logits[:, :vocab_size], targets[at]
+    final = out.last_hidden_state[:, :-1][at]
+    if not all_layers:
+        return final, targets[at]
+    return final, targets[at], [h[:, :-1][at] for h in out.hidden_states]
+
+
+def uniform_layer_map(n_student: int, n_teacher: int) -> list[int]:
+    """Student layer l (1..n_student) <- teacher layer round(l * n_teacher / n_student): last matches last."""
+    return [round(l * n_teacher / n_student) for l in range(1, n_student + 1)]
+
+
+def response_logits(model, batch: dict, vocab_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits [N, V] at the N positions that predict a response token, and those tokens [N]."""
+    hidden, targets = response_hidden(model, batch)
+    return base_and_head(model)[1](hidden)[:, :vocab_size], targets
 
 
 def check_head_path(model, batch: dict) -> None:
@@ -74,8 +92,42 @@ class OfflineDistillation(L.LightningModule):
         self.method, self.optim_cfg = method, optim
         self.max_steps, self.vocab_size, self.micro_batch_size = max_steps, vocab_size, micro_batch_size
         self.divergence = DIVERGENCES[method.divergence] if method.divergence and method.alpha > 0 else None
+        self.divergence_hp = dict(method.divergence_hp or {})
+        self.layer_map, self.projections = None, None
+        if method.hidden.weight > 0:
+            self._setup_hidden(method.hidden, student, teacher)
         self.tokens_seen = 0
         self._t0 = None
+
+    def _setup_hidden(self, hidden, student, teacher) -> None:
+        from kdbench.schema import ConfigError
+
+        if teacher is None:
+            raise ConfigError("method.hidden.weight > 0 needs a white-box teacher")
+        n_s, n_t = student.config.num_hidden_layers, teacher.config.num_hidden_layers
+        layer_map = list(hidden.layer_map) if hidden.layer_map is not None else uniform_layer_map(n_s, n_t)
+        if len(layer_map) != n_s or not all(0 <= t <= n_t for t in layer_map):
+            raise ConfigError(f"method.hidden.layer_map={layer_map}: needs one teacher layer in [0, {n_t}] "
+                              f"for each of the student's {n_s} layers")
+        self.layer_map = layer_map
+        h_s, h_t = student.config.hidden_size, teacher.config.hidden_size
+        if h_s != h_t:  # a learned projection per mapped layer, trained with the student, dropped after
+            self.projections = torch.nn.ModuleList(torch.nn.Linear(h_s, h_t, bias=False) for _ in layer_map)
+
+    def hidden_loss_sum(self, s_layers: list, t_layers: list) -> torch.Tensor:
+        """Summed over positions, averaged over mapped layers: MSE per position (mean over the teacher's width)
+        or 1 - cosine similarity."""
+        total = 0.0
+        for i, t_index in enumerate(self.layer_map):
+            s = s_layers[i + 1].float()
+            if self.projections is not None:
+                s = self.projections[i](s)
+            t = t_layers[t_index].float()
+            if self.method.hidden.loss == "mse":
+                total = total + (s - t).pow(2).mean(-1).sum()
+            else:
+                total = total + (1 - F.cosine_similarity(s, t, dim=-1)).sum()
+        return total / len(self.layer_map)
 
     @property
     def teacher(self):
@@ -86,20 +138,35 @@ class OfflineDistillation(L.LightningModule):
             self.teacher.to(self.device)
 
     def loss_sums(self, batch: dict) -> dict:
-        """Summed (not averaged) CE and divergence over the batch's response tokens."""
-        s_logits, targets = response_logits(self.student, batch, self.vocab_size)
-        ce = F.cross_entropy(s_logits.float(), targets, reduction="sum")
-        out = {"ce": ce, "tokens": targets.numel()}
-        if self.divergence is not None:
+        """Summed (not averaged) CE, divergence and hidden-state loss over the batch's response tokens."""
+        layers = self.layer_map is not None
+        s_out = response_hidden(self.student, batch, all_layers=layers)
+        s_hidden, targets = s_out[0], s_out[1]
+        t_out = None
+        if self.divergence is not None or layers:
             with torch.no_grad():
-                t_logits, _ = response_logits(self.teacher, batch, self.vocab_size)
-            kd = self.divergence(s_logits, t_logits, temperature=self.method.temperature).sum()
+                t_out = response_hidden(self.teacher, batch, all_layers=layers)
+        s_head = base_and_head(self.student)[1]
+        if self.divergence is None:
+            ce = F.cross_entropy(s_head(s_hidden)[:, :self.vocab_size].float(), targets, reduction="sum")
+            out = {"ce": ce, "loss": ce}
+        else:
+            # The memory-bounded path: logits of both models exist only chunk_size rows at a time (forward and
+            # backward), and the CE comes from the same student logits as the divergence.
+            t_head = base_and_head(self.teacher)[1]
+            div, ce = chunked_divergence(
+                s_hidden, s_head.weight, t_out[0], t_head.weight, self.divergence, vocab_size=self.vocab_size,
+                temperature=self.method.temperature, chunk_size=self.method.chunk_size,
+                student_head_bias=s_head.bias, teacher_head_bias=t_head.bias, targets=targets,
+                **self.divergence_hp)
+            ce, kd = ce.sum(), div.sum()
             if self.method.scale_by_t2:
                 kd = kd * self.method.temperature ** 2
-            out["kd"] = kd
-            out["loss"] = (1 - self.method.alpha) * ce + self.method.alpha * kd
-        else:
-            out["loss"] = ce
+            out = {"ce": ce, "kd": kd, "loss": (1 - self.method.alpha) * ce + self.method.alpha * kd}
+        if layers:
+            out["hidden"] = self.hidden_loss_sum(s_out[2], t_out[2])
+            out["loss"] = out["loss"] + self.method.hidden.weight * out["hidden"]
+        out["tokens"] = targets.numel()
         return out
 
     def _micro_batches(self, parts: list[dict]):
@@ -141,12 +208,15 @@ class OfflineDistillation(L.LightningModule):
         n = max(sums["tokens"], 1)
         bs = batch["input_ids"].shape[0]
         self.log("val/ce", sums["ce"] / n, batch_size=bs, prog_bar=True)
-        if "kd" in sums:
-            self.log("val/kd", sums["kd"] / n, batch_size=bs)
+        for k in ("kd", "hidden"):
+            if k in sums:
+                self.log(f"val/{k}", sums[k] / n, batch_size=bs)
 
     def configure_optimizers(self):
         o = self.optim_cfg
         decay = [p for n, p in self.student.named_parameters() if p.requires_grad and p.ndim >= 2]
+        if self.projections is not None:
+            decay += list(self.projections.parameters())
         no_decay = [p for n, p in self.student.named_parameters() if p.requires_grad and p.ndim < 2]
         opt = torch.optim.AdamW([{"params": decay, "weight_decay": o.weight_decay},
                                  {"params": no_decay, "weight_decay": 0.0}], lr=o.lr, betas=(o.beta1, o.beta2))

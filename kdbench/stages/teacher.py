@@ -30,8 +30,21 @@ TEACHER_STAGE_VERSION = 1
 
 
 def teacher_key(teacher_cfg, data_cfg, tokenizer_key: str) -> str:
+    # The data enters by content (a digest of the train rows it trains on, and the length limits that cut them),
+    # not by its config: a new config field with a default, or a renamed source, must not orphan a cached or
+    # shipped teacher, while any change to the rows themselves must.
     return content_key("teacher", stage=TEACHER_STAGE_VERSION, arch=teacher_cfg.arch, dtype=teacher_cfg.dtype,
-                       finetune=teacher_cfg.finetune, data=data_cfg, tokenizer=tokenizer_key)
+                       finetune=teacher_cfg.finetune, train_rows=train_rows_digest(data_cfg),
+                       max_prompt_length=data_cfg.max_prompt_length,
+                       max_response_length=data_cfg.max_response_length, tokenizer=tokenizer_key)
+
+
+def train_rows_digest(data_cfg) -> str:
+    from kdbench.data.sources import load_rows
+
+    rows = load_rows(data_cfg.train, data_cfg.embedded)
+    fields = ("instruction", "input", "output", "prompt")
+    return content_key("rows", rows=[[r.get(f) for f in fields] for r in rows])
 
 
 def find_teacher(key: str, cache_dir: str | Path) -> Path | None:

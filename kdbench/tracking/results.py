@@ -59,6 +59,16 @@ def results_path(run_dir: str | Path) -> Path:
     return Path(run_dir) / RESULTS_FILE
 
 
+def supersede_results(run_dir: str | Path) -> Path:
+    """Move a finished results.json aside (results.superseded-<n>.json, never overwriting one) and return it."""
+    old = results_path(run_dir)
+    n = 1
+    while (target := old.with_name(f"results.superseded-{n}.json")).exists():
+        n += 1
+    os.replace(old, target)
+    return target
+
+
 def read_results(run_dir: str | Path) -> dict | None:
     """The run's results if it finished, else None (missing, partial or unreadable)."""
     path = results_path(run_dir)
@@ -67,6 +77,27 @@ def read_results(run_dir: str | Path) -> dict | None:
     except (OSError, json.JSONDecodeError):
         return None
     return data if data.get("status") == "complete" else None
+
+
+# Keys that never change what a run computes: where files go, threads, progress display, logging.
+_VOLATILE = ("paths.", "logger.", "trainer.num_threads", "trainer.progress", "force", "sweep_name")
+
+
+def config_changes(old: dict, new: dict) -> list[str]:
+    """Dotted keys whose values differ between a finished run's config and the current one. Keys present on
+    one side only are not counted: a newer kdbench adds fields with defaults that keep old behaviour."""
+    def flat(d, prefix=""):
+        out = {}
+        for k, v in (d or {}).items():
+            if isinstance(v, dict) and v:
+                out.update(flat(v, f"{prefix}{k}."))
+            else:
+                out[f"{prefix}{k}"] = v
+        return out
+
+    a, b = flat(old), flat(new)
+    return sorted(k for k in a.keys() & b.keys()
+                  if a[k] != b[k] and not any(k == v or k.startswith(v) for v in _VOLATILE))
 
 
 def build_record(*, labels: dict, metrics: dict, teacher_metrics: dict, train: dict, cost: dict, samples: list,
