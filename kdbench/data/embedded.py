@@ -26,7 +26,6 @@ FRUITS = ["apple", "pear", "plum", "fig", "kiwi", "lime", "mango", "peach", "gra
           "date", "olive", "guava", "papaya"]
 ANIMALS = ["cat", "dog", "fox", "owl", "bear", "wolf", "duck", "frog", "goat", "hare", "lion", "mole", "seal",
            "swan", "toad", "crab"]
-TOOLS = ["hammer", "saw", "drill", "rake", "shovel", "wrench", "chisel", "ladder", "brush", "knife", "axe", "file"]
 COLORS = ["red", "blue", "green", "yellow", "black", "white", "pink", "brown", "gray", "purple", "orange", "gold"]
 NAMES = ["Alice", "Bob", "Carol", "David", "Emma", "Frank", "Grace", "Henry", "Irene", "Jack", "Karen", "Leo",
          "Maria", "Nina", "Oscar", "Paul", "Rita", "Sam", "Tina", "Victor"]
@@ -38,7 +37,6 @@ ASPECTS = ["food", "service", "room", "music", "price", "view", "staff", "coffee
 POSITIVE = ["great", "lovely", "excellent", "pleasant", "superb", "friendly", "clean", "tasty"]
 NEGATIVE = ["awful", "terrible", "rude", "dirty", "boring", "noisy", "bland", "poor"]
 SENTIMENT_LABELS = ("positive", "negative", "neutral")
-NUMBER_WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 
 FAMILIES = ("lookup", "sentiment", "reverse", "sort", "filter", "profile")
 
