@@ -403,14 +403,19 @@ def matmul_rate(dtype: torch.dtype, n: int, reps: int = 3) -> float:
     return 2.0 * n ** 3 / best
 
 
-def _status_kb(field: str) -> int | None:
+def _proc_kb(path: str, field: str) -> int | None:
+    """A `Field:  123 kB` line of a /proc file, in kB (None where /proc is unavailable)."""
     try:
-        for line in Path("/proc/self/status").read_text().splitlines():
+        for line in Path(path).read_text().splitlines():
             if line.startswith(field + ":"):
                 return int(line.split()[1])
     except OSError:
         pass
     return None
+
+
+def _status_kb(field: str) -> int | None:
+    return _proc_kb("/proc/self/status", field)
 
 
 class PeakMemory:
@@ -445,13 +450,7 @@ def limit_data_memory() -> None:
 
 
 def _meminfo_kb(field: str) -> int | None:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return None
+    return _proc_kb("/proc/meminfo", field)
 
 
 def loss_only(kind: str, method_name: str, vocab: int, shapes: Shapes, seed: int) -> dict:

@@ -34,3 +34,12 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def rand_logits(*shape, seed: int, scale: float = 3.0, dtype=None):
+    """Seeded random logits (drawn in float64, then cast; float32 by default) shared by the loss tests."""
+    import torch
+
+    dtype = torch.float32 if dtype is None else dtype
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(*shape, generator=g, dtype=torch.float64) * scale).to(dtype)

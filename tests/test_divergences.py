@@ -14,6 +14,7 @@ import warnings
 
 import pytest
 import torch
+from conftest import rand_logits
 import torch.nn.functional as F
 
 from kdbench.losses import (DIVERGENCES, adaptive_kl, akl_weights, check_jsd_beta, chunked_divergence, forward_kl,
@@ -28,11 +29,6 @@ CASES = [(n, {}) for n in NAMES] + [
     ("adaptive_kl", {"mu": 0.2}), ("adaptive_kl", {"mu": 0.9}),
 ]
 CASE_IDS = [n + "".join(f"-{k}={v}" for k, v in hp.items()) for n, hp in CASES]
-
-
-def rand_logits(*shape, seed: int, scale: float = 3.0, dtype=torch.float32) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    return (torch.randn(*shape, generator=g, dtype=torch.float64) * scale).to(dtype)
 
 
 # ----------------------------------------------------------------------------------------------------------------
