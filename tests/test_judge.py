@@ -1,0 +1,447 @@
+"""The LLM judge (kdbench.evaluation.judge): prompt, score parsing, the OpenAI-compatible backend against a real
+local HTTP server (retries, failures, cache, the API key kept out of everything), the skipped judge, and a tiny
+local Hugging Face model as judge. Offline and fast."""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import logging
+import random
+import re
+import socket
+import threading
+import time
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from kdbench.evaluation.judge import (
+    CANDIDATE_FIRST,
+    REFERENCE_FIRST,
+    HFJudgeBackend,
+    JudgeConfig,
+    JudgeReport,
+    OpenAIChatBackend,
+    backoff_delay,
+    judge_pairwise,
+    judge_question,
+    load_prompt,
+    parse_retry_after,
+    parse_scores,
+    render_messages,
+)
+
+KEY_ENV = "KDBENCH_TEST_JUDGE_KEY"
+KEY = "sk-kdbench-TOPSECRET-7f3a9c1e5b"
+START_1, END_1 = "[The Start of Assistant 1's Answer]\n", "\n\n[The End of Assistant 1's Answer]"
+
+
+# ------------------------------------------------------------------------------------------ the fake endpoint
+
+
+class FakeEndpoint:
+    """A real ThreadingHTTPServer speaking the OpenAI chat-completions shape. `script(item, order, seen)` returns
+    (status, content-or-body, extra headers[, delay]) for the seen-th request (0-based) of one prompt; it records
+    every request and the Authorization headers it saw."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.requests: list[tuple[int, str, int]] = []  # (item, order, status)
+        self.bodies: list[dict] = []
+        self.auth: list[str | None] = []
+        self.seen: Counter = Counter()
+        self.script = scripted_scores
+        endpoint = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):  # keep the test output clean
+                pass
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                if not self.path.endswith("/chat/completions"):
+                    return self._send(404, "not found", {})
+                user = body["messages"][1]["content"]
+                first = user[user.index(START_1) + len(START_1):user.index(END_1)]
+                m = re.match(r"(REF|CAND)-(\d+)", first)
+                item, order = int(m.group(2)), REFERENCE_FIRST if m.group(1) == "REF" else CANDIDATE_FIRST
+                with endpoint.lock:
+                    seen = endpoint.seen[(item, order)]
+                    endpoint.seen[(item, order)] += 1
+                    endpoint.bodies.append(body)
+                    endpoint.auth.append(self.headers.get("Authorization"))
+                status, payload, headers, *delay = endpoint.script(item, order, seen)
+                with endpoint.lock:
+                    endpoint.requests.append((item, order, status))
+                if delay:
+                    time.sleep(delay[0])
+                if status == 200:
+                    payload = json.dumps({"id": "chatcmpl-test", "object": "chat.completion", "choices": [
+                        {"index": 0, "message": {"role": "assistant", "content": payload}, "finish_reason": "stop"}]})
+                elif "{auth}" in payload:  # a careless server echoing the credentials back in an error
+                    payload = payload.replace("{auth}", self.headers.get("Authorization") or "")
+                self._send(status, payload, headers)
+
+            def _send(self, status, payload, headers):
+                data = payload.encode()
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(data)))
+                    for k, v in headers.items():
+                        self.send_header(k, v)
+                    self.end_headers()
+                    self.wfile.write(data)
+                except OSError:  # the client gave up (timeout test)
+                    pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.server.block_on_close = False
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+
+    def count(self, item=None, order=None) -> int:
+        return sum((item is None or i == item) and (order is None or o == order) for i, o, _ in self.requests)
+
+
+# Gold (reference) and model (candidate) scores per item; the fake judge adds +1 to whichever answer it sees
+# first (a position bias), so each order gives different numbers and a swapped mapping would change the ratio.
+SCORES = {0: (8, 6), 1: (7, 7), 2: (9, 4), 3: (6, 3), 4: (7.5, 5), 5: (5, 9)}
+
+
+def _fmt(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else str(x)
+
+
+def scripted_scores(item, order, seen):
+    ref, cand = SCORES[item]
+    first, second = (ref + 1, cand) if order == REFERENCE_FIRST else (cand + 1, ref)
+    sep = ", " if item == 4 else " "
+    ok = (200, f"{_fmt(first)}{sep}{_fmt(second)}\nAssistant 1 was more detailed.", {})
+    if item == 0 and seen == 0:
+        return 429, '{"error": "rate limited"}', {"Retry-After": "0"}
+    if item == 1 and seen == 0:
+        return 500, '{"error": "internal"}', {}
+    if item == 2 and order == REFERENCE_FIRST:
+        return 200, "I think both are fine.\nThey are both good answers.", {}
+    if item == 3 and order == CANDIDATE_FIRST:
+        return 400, '{"error": "bad request from {auth}"}', {}
+    if item == 5 and order == REFERENCE_FIRST and seen == 0:
+        return (*ok, 2.0)  # slower than the client's timeout: retried
+    return ok
+
+
+def clean_scores(item, order, seen):
+    ref, cand = SCORES[item]
+    first, second = (ref + 1, cand) if order == REFERENCE_FIRST else (cand + 1, ref)
+    return 200, f"{_fmt(first)} {_fmt(second)}\nexplanation", {}
+
+
+@pytest.fixture
+def endpoint():
+    ep = FakeEndpoint()
+    ep.thread.start()
+    yield ep
+    ep.server.shutdown()
+    ep.server.server_close()
+
+
+def items(n: int = 6):
+    questions = [judge_question(f"Question {i}: describe thing {i}.", "some context" if i % 2 else "")
+                 for i in range(n)]
+    references = [f"REF-{i}: the gold answer about thing {i}." for i in range(n)]
+    candidates = [f"CAND-{i}: the model's answer about thing {i} {{with braces}}." for i in range(n)]
+    return questions, references, candidates
+
+
+def config_for(ep, tmp_path, **kw) -> JudgeConfig:
+    base = {"backend": "openai", "base_url": ep.url, "model": "judge-test", "api_key_env": KEY_ENV,
+            "max_tokens": 64, "concurrency": 4, "max_retries": 3, "backoff_base_s": 0.01, "backoff_max_s": 0.05,
+            "timeout_s": 1.0, "cache_dir": str(tmp_path / "cache"), "show_progress": False}
+    return JudgeConfig(**{**base, **kw})
+
+
+def assert_key_absent(report: JudgeReport, caplog, tmp_path):
+    assert KEY not in caplog.text
+    assert KEY not in json.dumps(report.to_dict(), default=str)
+    assert KEY not in repr(report)
+    assert KEY not in json.dumps(report.to_metrics())
+    for f in tmp_path.rglob("*"):
+        if f.is_file():
+            assert KEY.encode() not in f.read_bytes(), f
+
+
+# ----------------------------------------------------------------------------------------- prompt and parsing
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("7 9", (7.0, 9.0)),
+    ("7, 9", (7.0, 9.0)),
+    ("7,9", (7.0, 9.0)),
+    ("7.5 9\nexplanation follows", (7.5, 9.0)),
+    (" 7 9 ", (7.0, 9.0)),
+    ("7\t 9\r\nmore", (7.0, 9.0)),
+    ("\n\n8 6\nleading blank lines are skipped", (8.0, 6.0)),
+    ("10 1", (10.0, 1.0)),
+    ("Score: 7 9", None),  # decided: a label on the score line is not the asked format
+    ("seven nine", None),
+    ("7", None),
+    ("7 9 10", None),
+    ("7/10 9/10", None),
+    ("85 90", None),  # off the 1-10 scale
+    ("I think both are fine", None),
+    ("explanation first\n7 9", None),
+    ("", None),
+    (None, None),
+])
+def test_parse_scores(text, expected):
+    assert parse_scores(text) == expected
+
+
+def test_prompt_is_the_pairwise_reviewer_prompt():
+    system, template = load_prompt()
+    assert system == "You are a helpful and precise assistant for checking the quality of the answer."
+    for placeholder in ("{question}", "{answer_1}", "{answer_2}"):
+        assert template.count(placeholder) == 1
+    messages = render_messages("What is 2+2?", "Four {answer_2}", "4")
+    assert [m["role"] for m in messages] == ["system", "user"]
+    user = messages[1]["content"]
+    assert user.startswith("[Question]\nWhat is 2+2?\n")
+    assert "[The Start of Assistant 1's Answer]\nFour {answer_2}\n\n[The End of Assistant 1's Answer]" in user
+    assert "[The Start of Assistant 2's Answer]\n4\n\n[The End of Assistant 2's Answer]" in user
+    for words in ("helpfulness, relevance, accuracy, and level of detail", "scale of 1 to 10",
+                  "single line containing only two values", "separated by a space", "comprehensive explanation",
+                  "avoiding any potential bias", "order in which the responses were presented"):
+        assert words in user
+    assert judge_question("Summarize.", "A text.") == "Summarize.\n\nA text."
+    assert judge_question("Summarize.", "  ") == "Summarize."
+
+
+def test_backoff_and_retry_after():
+    assert parse_retry_after("0") == 0.0
+    assert parse_retry_after(" 3 ") == 3.0
+    assert parse_retry_after(None) is None and parse_retry_after("soon") is None
+    later = email.utils.formatdate(time.time() + 20, usegmt=True)
+    assert 15 < parse_retry_after(later) <= 20
+    assert backoff_delay(3, 1.0, 5.0, retry_after=30.0) == 5.0  # a server's Retry-After, capped
+    assert backoff_delay(3, 1.0, 5.0, retry_after=0.0) == 0.0
+    rng = random.Random(0)
+    for attempt in range(6):
+        d = min(5.0, 2.0 ** attempt)
+        assert d / 2 <= backoff_delay(attempt, 1.0, 5.0, rng=rng) <= d
+
+
+def test_config_from_mapping_and_unknown_backend():
+    cfg = JudgeConfig.from_mapping({"backend": "openai", "base_url": "http://x/v1", "model": "m"})
+    assert cfg.base_url == "http://x/v1" and cfg.temperature == 0.0
+    with pytest.raises(ValueError, match="unknown judge settings"):
+        JudgeConfig.from_mapping({"backend": "openai", "api_key": "oops"})
+    with pytest.raises(ValueError, match="unknown judge backend"):
+        judge_pairwise(["q"], ["r"], ["c"], JudgeConfig(backend="gpt5"))
+
+
+# ------------------------------------------------------------------------------------- OpenAI-compatible HTTP
+
+
+def test_scripted_endpoint_retries_failures_ratio_cache_and_key(endpoint, tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv(KEY_ENV, KEY)
+    caplog.set_level(logging.DEBUG)
+    cfg = config_for(endpoint, tmp_path)
+    q, r, c = items()
+    report = judge_pairwise(q, r, c, cfg)
+
+    # Every request carried the key as a bearer token, and the configured body.
+    assert endpoint.auth and all(a == f"Bearer {KEY}" for a in endpoint.auth)
+    assert all(b["model"] == "judge-test" and b["temperature"] == 0 and b["max_tokens"] == 64
+               for b in endpoint.bodies)
+    # 429 (Retry-After: 0), 500 and a timeout were retried and then answered.
+    assert Counter(s for i, _, s in endpoint.requests if i == 0)[429] == 2
+    assert Counter(s for i, _, s in endpoint.requests if i == 1)[500] == 2
+    assert endpoint.count(5, REFERENCE_FIRST) >= 2
+    by = {(v.item, v.order): v for v in report.verdicts}
+    for item in (0, 1, 5):
+        assert by[(item, REFERENCE_FIRST)].parsed and by[(item, CANDIDATE_FIRST)].parsed
+    # The 400 failed at once (no retry), counted, without stopping the run; its echoed key was scrubbed.
+    assert endpoint.count(3, CANDIDATE_FIRST) == 1
+    failed = by[(3, CANDIDATE_FIRST)]
+    assert failed.error_kind == "HTTP 400" and "HTTP 400" in failed.error and "***" in failed.error
+    assert report.failures == {"HTTP 400": 1}
+    # The garbled verdict is unparsable and left out; its other order still counts.
+    assert not by[(2, REFERENCE_FIRST)].parsed and by[(2, REFERENCE_FIRST)].error is None
+    assert by[(2, CANDIDATE_FIRST)].candidate_score == 5 and by[(2, CANDIDATE_FIRST)].reference_score == 9
+    assert by[(4, REFERENCE_FIRST)].reference_score == 8.5  # "8.5, 5"
+
+    # By hand from SCORES (+1 to the answer shown first), parsed verdicts only:
+    #   candidate: 6+7 | 7+8 | 5 | 3 | 5+6 | 9+10 = 66;  reference: 9+8 | 8+7 | 9 | 7 | 8.5+7.5 | 6+5 = 75
+    assert report.score_ratio == pytest.approx(100 * 66 / 75) == pytest.approx(88.0)
+    assert (report.n_items, report.n_requests, report.n_parsed) == (6, 12, 10)
+    assert (report.n_unparsable, report.n_failed, report.n_cached) == (1, 1, 0)
+    assert report.unparsable_rate == pytest.approx(1 / 11)
+    assert report.mean_candidate == pytest.approx(6.6) and report.mean_reference == pytest.approx(7.5)
+    m = report.to_metrics()
+    assert m["judge/score_ratio"] == pytest.approx(88.0)
+    assert m["judge/unparsable_rate"] == pytest.approx(1 / 11)
+    assert m["judge/n_failed"] == 1.0 and m["judge/n_unparsable"] == 1.0 and m["judge/n_requests"] == 12.0
+    assert not report.skipped
+
+    # The answered verdicts (unparsable included) are cached; the failed one is not, so a rerun asks only it.
+    assert len(list((tmp_path / "cache" / "judge").glob("*.json"))) == 11
+    before = len(endpoint.requests)
+    again = judge_pairwise(q, r, c, cfg)
+    assert endpoint.requests[before:] == [(3, CANDIDATE_FIRST, 400)]
+    assert again.n_cached == 11 and again.n_failed == 1
+    assert again.score_ratio == pytest.approx(88.0)
+
+    assert "HTTP 400" in caplog.text  # the failure is logged ...
+    assert_key_absent(report, caplog, tmp_path)  # ... but the key is nowhere
+    assert_key_absent(again, caplog, tmp_path)
+    assert KEY not in repr(cfg)
+
+
+def test_second_run_sends_zero_requests(endpoint, tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv(KEY_ENV, KEY)
+    endpoint.script = clean_scores
+    cfg = config_for(endpoint, tmp_path, concurrency=3)
+    q, r, c = items(4)
+    first = judge_pairwise(q, r, c, cfg)
+    assert len(endpoint.requests) == 8 and first.n_parsed == 8 and first.n_cached == 0
+    second = judge_pairwise(q, r, c, cfg)
+    assert len(endpoint.requests) == 8  # zero new requests
+    assert second.n_cached == 8 and second.score_ratio == pytest.approx(first.score_ratio)
+    # A different judge setting is a different key: asked again.
+    judge_pairwise(q, r, c, config_for(endpoint, tmp_path, max_tokens=65))
+    assert len(endpoint.requests) == 16
+    assert_key_absent(second, caplog, tmp_path)
+
+
+def test_retry_after_is_honoured_but_capped(endpoint, monkeypatch):
+    monkeypatch.setenv(KEY_ENV, KEY)
+    endpoint.script = lambda item, order, seen: (
+        (429, "{}", {"Retry-After": "30"}) if seen == 0 else clean_scores(item, order, seen))
+    sleeps: list[float] = []
+    backend = OpenAIChatBackend(endpoint.url, "judge-test", KEY_ENV, max_retries=2, backoff_base_s=0.01,
+                                backoff_max_s=0.02, timeout_s=1.0, sleep=sleeps.append)
+    text = backend.complete(render_messages("q", "REF-0: a", "CAND-0: b"))
+    assert parse_scores(text) == (9.0, 6.0)
+    assert sleeps == [0.02] and backend.http_attempts == 2
+    assert KEY not in repr(backend)
+
+
+def test_unreachable_endpoint_counts_failures(tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv(KEY_ENV, KEY)
+    with socket.socket() as s:  # a port with nothing listening
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cfg = JudgeConfig(backend="openai", base_url=f"http://127.0.0.1:{port}/v1", model="m", api_key_env=KEY_ENV,
+                      max_retries=1, backoff_base_s=0.001, timeout_s=1.0, cache_dir=str(tmp_path / "cache"),
+                      show_progress=False)
+    report = judge_pairwise(*items(2), cfg)
+    assert report.n_failed == 4 and report.failures == {"connection": 4}
+    assert report.score_ratio is None and report.unparsable_rate is None
+    assert "judge/score_ratio" not in report.to_metrics() and report.to_metrics()["judge/n_failed"] == 4.0
+    assert not list((tmp_path / "cache").rglob("*.json"))  # failures are not cached
+    assert_key_absent(report, caplog, tmp_path)
+
+
+def test_skipped_without_endpoint_or_key(endpoint, monkeypatch):
+    q, r, c = items(2)
+    none = judge_pairwise(q, r, c, JudgeConfig(show_progress=False))
+    assert none.skipped and "no judge configured" in none.reason and "base_url" in none.reason
+    assert none.score_ratio is None and none.to_metrics() == {}
+    assert none.to_dict() == {"skipped": True, "reason": none.reason}
+
+    no_url = judge_pairwise(q, r, c, JudgeConfig(backend="openai", model="m", show_progress=False))
+    assert no_url.skipped and "eval.judge.base_url" in no_url.reason
+
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    no_key = judge_pairwise(q, r, c, JudgeConfig(backend="openai", base_url=endpoint.url, model="m",
+                                                 api_key_env=KEY_ENV, show_progress=False))
+    assert no_key.skipped and KEY_ENV in no_key.reason and no_key.to_metrics() == {}
+    assert endpoint.requests == []
+
+    no_model = judge_pairwise(q, r, c, JudgeConfig(backend="hf", show_progress=False))
+    assert no_model.skipped and "eval.judge.model" in no_model.reason
+
+
+def test_endpoint_without_auth(endpoint, tmp_path):
+    endpoint.script = clean_scores
+    cfg = config_for(endpoint, tmp_path, api_key_env=None, cache_dir=None)
+    report = judge_pairwise(*items(1), cfg)
+    assert report.n_parsed == 2 and endpoint.auth == [None, None]
+
+
+# -------------------------------------------------------------------------------------------- local HF judge
+
+
+@pytest.fixture(scope="module")
+def tiny_judge(tmp_path_factory):
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from kdbench.models.tokenizer import train_bpe_tokenizer
+
+    torch.set_num_threads(1)
+    texts = [" ".join(load_prompt()), "7 9 8 6 Assistant 1 answer question score 10"] * 3
+    tok = train_bpe_tokenizer(texts, vocab_size=300)
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=4096,
+                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                         pad_token_id=tok.pad_token_id)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config).eval()
+    path = tmp_path_factory.mktemp("judge_model")
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return model, tok, path
+
+
+def test_hf_judge_counts_unparsable_and_caches(tiny_judge, tmp_path):
+    model, tok, path = tiny_judge
+    cfg = JudgeConfig(backend="hf", max_tokens=6, cache_dir=str(tmp_path / "cache"), show_progress=False)
+    q, r, c = items(2)
+    report = judge_pairwise(q, r, c, cfg, hf_model=model, hf_tokenizer=tok, fingerprint="tiny-random-llama")
+    assert (report.n_requests, report.n_failed) == (4, 0)
+    assert report.n_parsed + report.n_unparsable == 4
+    assert all(isinstance(v.text, str) for v in report.verdicts)
+    assert report.to_metrics()["judge/unparsable_rate"] == pytest.approx(report.n_unparsable / 4)
+    assert report.judge == "hf|tiny-random-llama"
+    again = judge_pairwise(q, r, c, cfg, hf_model=model, hf_tokenizer=tok, fingerprint="tiny-random-llama")
+    assert again.n_cached == 4 and [v.text for v in again.verdicts] == [v.text for v in report.verdicts]
+
+    # From a local folder (local_files_only), fingerprinted by its files: same greedy text as the objects.
+    from_path = judge_pairwise(q[:1], r[:1], c[:1], JudgeConfig(backend="hf", model=str(path), max_tokens=6,
+                                                                 show_progress=False))
+    assert from_path.n_requests == 2 and from_path.n_failed == 0
+    assert from_path.verdicts[0].text == report.verdicts[0].text
+
+
+def test_hf_judge_uses_chat_template_when_present(tiny_judge):
+    model, tok, _ = tiny_judge
+    messages = render_messages("q", "a", "b")
+    plain, templated = HFJudgeBackend(model, tok).render(messages)
+    assert not templated
+    assert plain.startswith("System: You are a helpful") and "\n\nUser: [Question]\nq" in plain
+    assert plain.endswith("Assistant:")
+    tok_t = tok.__class__.from_pretrained(tiny_judge[2])
+    tok_t.chat_template = ("{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}"
+                           "{% if add_generation_prompt %}<assistant>{% endif %}")
+    text, templated = HFJudgeBackend(model, tok_t).render(messages)
+    assert templated and text.startswith("<system>You are a helpful") and text.endswith("<assistant>")
+
+
+def test_custom_backend_errors_are_counted(tmp_path):
+    class Backend:  # only `complete` is required; no identity, so nothing is cached
+        def complete(self, messages):
+            if "CAND-1" in messages[1]["content"]:
+                raise RuntimeError("judge crashed")
+            return "7 8\nok"
+
+    cfg = JudgeConfig(cache_dir=str(tmp_path / "cache"), show_progress=False)
+    report = judge_pairwise(*items(2), cfg, backend=Backend())
+    assert (report.n_parsed, report.n_failed, report.failures) == (2, 2, {"RuntimeError": 2})
+    # Item 0: reference first gives ref 7 / cand 8, candidate first gives cand 7 / ref 8.
+    assert report.score_ratio == pytest.approx(100.0)
+    assert not (tmp_path / "cache").exists()
