@@ -60,7 +60,7 @@ warm-up step runs (AdamW state, one-time initialisations), then the kernel's pea
 before it is reported: gradients, activations and loss temporaries. The loss alone likewise: fixed random hidden
 states [B, T, H] and LM-head weights, loss + backward at 32k and 128k vocabulary (after a warm-up at vocabulary
 128), plain (full [B, T, V] logits of both models) against kdbench's chunked path (response rows,
-`chunked_divergence` with the method's chunk_size), for --loss-methods. Children run with
+`chunked_divergence` with the method's chunk rows), for --loss-methods. Children run with
 MALLOC_MMAP_THRESHOLD_=131072 so freed buffers go back to the kernel and RSS tracks live memory, and with
 RLIMIT_DATA at 90% of available memory, so a plain loss too big for the machine fails its allocation instead of
 invoking the OOM killer.
@@ -97,6 +97,8 @@ ROOT = Path(__file__).resolve().parents[1]
 METHOD_DIR = ROOT / "conf" / "method"
 IGNORE = -100
 MEMORY_TAG = "MEMORY_JSON "
+# --chunk-size: replaces every method's `chunk_size` (to measure the memory/speed trade-off without editing conf/).
+CHUNK_SIZE_OVERRIDE: int | None = None
 
 
 @dataclass(frozen=True)
@@ -140,6 +142,8 @@ def load_method(name: str):
 
     merged = OmegaConf.merge(OmegaConf.structured(MethodConfig), OmegaConf.load(METHOD_DIR / f"{name}.yaml"))
     method = OmegaConf.to_object(merged)
+    if CHUNK_SIZE_OVERRIDE is not None:
+        method.chunk_size = CHUNK_SIZE_OVERRIDE
     if method.kind != "offline":
         raise SystemExit(f"conf/method/{name}.yaml: kind={method.kind!r}, not an offline method")
     return method
@@ -462,6 +466,7 @@ def loss_only(kind: str, method_name: str, vocab: int, shapes: Shapes, seed: int
 
 def _loss_only(kind: str, method_name: str, vocab: int, shapes: Shapes, seed: int, measure: bool) -> dict:
     from kdbench.losses import DIVERGENCES, chunked_divergence
+    from kdbench.methods.offline import chunk_rows
 
     m = load_method(method_name)
     B, T, Hs, Ht = shapes.batch, shapes.seq, shapes.student[0], shapes.teacher[0]
@@ -487,7 +492,7 @@ def _loss_only(kind: str, method_name: str, vocab: int, shapes: Shapes, seed: in
         else:
             div, ce = chunked_divergence(s_hidden[:, :-1][mask], s_weight, t_hidden[:, :-1][mask], t_weight,
                                          m.divergence, vocab_size=vocab, temperature=m.temperature,
-                                         chunk_size=m.chunk_size, targets=targets[mask], **hp)
+                                         chunk_size=chunk_rows(m, vocab), targets=targets[mask], **hp)
             kd, ce = div.sum(), ce.sum()
         if m.scale_by_t2:
             kd = kd * m.temperature ** 2
@@ -530,6 +535,8 @@ def measure_memory(variant: str, args) -> dict:
         cmd.append("--tiny")
     if args.threads:
         cmd += ["--threads", str(args.threads)]
+    if args.chunk_size:
+        cmd += ["--chunk-size", str(args.chunk_size)]
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "131072"}
     done = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True, cwd=ROOT)
     for line in done.stdout.splitlines():
@@ -580,11 +587,15 @@ def main() -> None:
     parser.add_argument("--skip-memory", action="store_true", help="leave the memory subprocesses out")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's default)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--chunk-size", type=int, default=None,
+                        help="rows of logits per chunk for every method (default: each conf/method yaml's)")
     parser.add_argument("--variant", help=argparse.SUPPRESS)
     parser.add_argument("--measure-memory", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     shapes = TINY if args.tiny else FULL
+    global CHUNK_SIZE_OVERRIDE
+    CHUNK_SIZE_OVERRIDE = args.chunk_size
     if args.threads:
         torch.set_num_threads(args.threads)
     random.seed(args.seed)

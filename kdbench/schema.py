@@ -89,8 +89,8 @@ class SourceConfig:
 @dataclass
 class EmbeddedConfig:
     seed: int = 0
-    version: int = 2
-    train_size: int = 30000
+    version: int = 3
+    train_size: int = 40000
     validation_size: int = 500
     test_size: int = 2100
     vocab_size: int = 1024
@@ -133,8 +133,11 @@ class MethodConfig:
     scale_by_t2: bool = False
     # The divergence's own hyperparameters, e.g. {beta: 0.5} for generalized_jsd (see its docstring).
     divergence_hp: Dict[str, float] = field(default_factory=dict)
-    # Rows of logits computed at once by the memory-bounded loss (peak memory ~ chunk_size x vocabulary).
-    chunk_size: int = 1024
+    # The memory-bounded loss computes logits a chunk of rows at a time: chunk_elements // vocabulary rows (2^22
+    # fp32 logits = 16 MiB per model and per temporary: 131 rows at a 32k vocabulary, one chunk for the embedded
+    # benchmark's ~900 tokens), or chunk_size rows when set. Peak loss memory ~ rows x vocabulary.
+    chunk_size: Optional[int] = None
+    chunk_elements: int = 4194304
     hidden: HiddenConfig = field(default_factory=HiddenConfig)
 
 
@@ -250,7 +253,8 @@ def validate(cfg: Any) -> None:
         _check(m.divergence in DIVERGENCES, "method.divergence", m.divergence,
                f"known divergences: {', '.join(sorted(DIVERGENCES))}")
         _check_divergence_hp(DIVERGENCES[m.divergence], dict(m.divergence_hp or {}), m.divergence)
-    _check(m.chunk_size > 0, "method.chunk_size", m.chunk_size, "must be > 0")
+    _check(m.chunk_size is None or m.chunk_size > 0, "method.chunk_size", m.chunk_size, "must be > 0 (or null)")
+    _check(m.chunk_elements > 0, "method.chunk_elements", m.chunk_elements, "must be > 0")
     _check(m.hidden.weight >= 0, "method.hidden.weight", m.hidden.weight, "must be >= 0")
     _check(m.hidden.loss in ("mse", "cosine"), "method.hidden.loss", m.hidden.loss, "use mse or cosine")
     for role in ("teacher", "student"):

@@ -92,6 +92,7 @@ def test_wrong_type_fails_naming_key():
     ("method=skl +method.divergence_hp.skew=0.1", "method.divergence_hp"),
     ("method=akl method.divergence_hp.mu=-1", "method.divergence_hp"),
     ("method.chunk_size=0", "method.chunk_size"),
+    ("method.chunk_elements=0", "method.chunk_elements"),
 ])
 def test_nonsense_values_fail_when_the_run_starts(override, key):
     cfg = _compose(override.split())

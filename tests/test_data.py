@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 from kdbench.data import embedded
 from kdbench.data.datamodule import (IGNORE, EncodedDataset, InstructionDataModule, ShuffledBatchSampler, collate,
                                      encode_row, split_by_length)
-from kdbench.data.embedded import (BENCHMARK_VERSION, FAMILIES, FRUITS, NEGATIVE, POSITIVE,
+from kdbench.data.embedded import (BENCHMARK_VERSION, FAMILIES, ANIMALS, COLORS, NEGATIVE, POSITIVE,
                                    SENTIMENT_LABELS, SplitSizes, generate_splits)
 from kdbench.data.sources import DataError, load_rows, read_hf, read_jsonl
 from kdbench.data.template import render_prompt
@@ -142,7 +142,8 @@ def test_rule_lookup(small_splits):
         records, query = r["input"].split("\n")
         assert records.startswith("records: ") and query.startswith("query: ")
         pairs = dict(item.split(" = ") for item in records.removeprefix("records: ").split(", "))
-        assert set(pairs) <= set(FRUITS) and len(set(pairs.values())) == len(pairs)
+        assert set(pairs) <= set(ANIMALS) and set(pairs.values()) <= set(COLORS)
+        assert 2 <= len(pairs) and len(set(pairs.values())) == len(pairs)
         assert r["output"] == pairs[query.removeprefix("query: ")]
 
 

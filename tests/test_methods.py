@@ -134,3 +134,15 @@ def test_uniform_layer_map_and_a_map_out_of_range(tokenizer, teacher):
     method.hidden.layer_map = [5]
     with pytest.raises(ConfigError, match=r"method\.hidden\.layer_map"):
         OfflineDistillation(_model(tokenizer, seed=0), teacher, method, _trainer_cfg(1).optim, 1, len(tokenizer))
+
+
+def test_chunk_rows_hold_a_fixed_number_of_logits_unless_rows_are_set():
+    from kdbench.methods.offline import chunk_rows
+    from kdbench.schema import MethodConfig
+
+    m = MethodConfig(name="kd", divergence="forward_kl", alpha=0.5)
+    assert chunk_rows(m, 32000) == 2**22 // 32000 == 131
+    assert chunk_rows(m, 128000) == 32
+    assert chunk_rows(m, 900) == 4660  # the embedded benchmark: every response row in one chunk
+    assert chunk_rows(MethodConfig(name="kd", chunk_elements=10), 32000) == 1  # never zero rows
+    assert chunk_rows(MethodConfig(name="kd", chunk_size=7), 32000) == 7

@@ -6,11 +6,12 @@ trained on version N stays valid until the generator's rules change, and then th
 
 Why these families: a distillation benchmark needs room between teacher and student, measured at convergence.
 Version 1 asked for retrieval two hops away (the key in the instruction, the records in the input), counting and
-category filtering: no model learned them, so they carried no signal. Version 2 keeps what the default teacher
+category filtering: no model learned them, so they carried no signal. Versions 2 and 3 keep what the default teacher
 learns and what separates model sizes: retrieval over a context with the query last (lookup), composing several
 rules (sentiment with negation), holding an ordered list in memory (reverse, sort), a per-item comparison with an
 ordered copy (filter), and long structured text copied row by row without drifting (profile, up to ~75 tokens:
-where exposure bias shows). `sentiment` has a fixed label set for calibration.
+where exposure bias shows). `sentiment` has a fixed label set for calibration. Version 3 made lookup's values
+one-token words (v2's two-digit values kept even the teacher near chance) and trains on 40,000 items.
 """
 
 from __future__ import annotations
@@ -20,10 +21,8 @@ import random
 from dataclasses import dataclass
 
 # Bump when any rule below changes: the teacher cache and the shipped teacher are keyed by it.
-BENCHMARK_VERSION = 2
+BENCHMARK_VERSION = 3
 
-FRUITS = ["apple", "pear", "plum", "fig", "kiwi", "lime", "mango", "peach", "grape", "melon", "lemon", "cherry",
-          "date", "olive", "guava", "papaya"]
 ANIMALS = ["cat", "dog", "fox", "owl", "bear", "wolf", "duck", "frog", "goat", "hare", "lion", "mole", "seal",
            "swan", "toad", "crab"]
 COLORS = ["red", "blue", "green", "yellow", "black", "white", "pink", "brown", "gray", "purple", "orange", "gold"]
@@ -43,27 +42,28 @@ FAMILIES = ("lookup", "sentiment", "reverse", "sort", "filter", "profile")
 
 @dataclass(frozen=True)
 class SplitSizes:
-    train: int = 30000
+    train: int = 40000
     validation: int = 500
     test: int = 2100
 
 
 def _lookup(rng: random.Random) -> tuple[str, str, str]:
-    # The query comes last, right before the response: retrieval is then one content match over the records
-    # (associative recall), which the teacher learns; v1 asked for the key in the instruction, two hops away,
-    # and no model learned it. "records:" opens the list so that every key is a space-prefixed token, the same
-    # token as in the query.
-    n = rng.randint(3, 6)
-    keys = rng.sample(FRUITS, n)
-    values = rng.sample(range(10, 100), n)
+    # Associative recall with the query last: find the query's earlier occurrence and copy the word two tokens
+    # after it (an induction-style circuit, which needs two attention layers: the one-layer student stays near
+    # chance, the teacher learns it). v2 used two-digit values: the value sat 3-4 tokens after its key (" =",
+    # " ", digit, digit) and the teacher stayed near chance (31%); v3's values are one-token color words.
+    # "records:" opens the list so that every key is a space-prefixed token, the same token as in the query.
+    n = rng.randint(2, 5)
+    keys = rng.sample(ANIMALS, n)
+    values = rng.sample(COLORS, n)
     target = rng.randrange(n)
     instruction = rng.choice([
-        "Answer the query with the number the records give for it.",
-        "Look up the query in the records and reply with its number.",
-        "Which number do the records list for the query?",
+        "Answer the query with the color the records give for it.",
+        "Look up the query in the records and reply with its color.",
+        "Which color do the records list for the query?",
     ])
     records = ", ".join(f"{k} = {v}" for k, v in zip(keys, values))
-    return instruction, f"records: {records}\nquery: {keys[target]}", str(values[target])
+    return instruction, f"records: {records}\nquery: {keys[target]}", values[target]
 
 
 def _sentiment(rng: random.Random) -> tuple[str, str, str]:
@@ -151,7 +151,7 @@ def _profile(rng: random.Random) -> tuple[str, str, str]:
 # share of the training signal is (frequency x response length): drawn uniformly, `profile` (~67 tokens) would
 # carry ~60% of every gradient and the one-word families ~5%, and the short-answer skills would be learned last.
 # These weights even out the token shares (no family above ~40%). Validation and test stay uniform over families.
-TRAIN_WEIGHTS = {"lookup": 3.0, "sentiment": 2.0, "reverse": 1.0, "sort": 1.0, "filter": 1.5, "profile": 0.5}
+TRAIN_WEIGHTS = {"lookup": 5.0, "sentiment": 2.0, "reverse": 1.0, "sort": 1.0, "filter": 1.5, "profile": 0.5}
 
 GENERATORS = {"lookup": _lookup, "sentiment": _sentiment, "reverse": _reverse, "sort": _sort, "filter": _filter,
               "profile": _profile}

@@ -12,7 +12,8 @@ Three choices that matter for the numbers:
 - Logits are computed at response positions only: the LM head runs on the hidden states the loss reads, never on
   prompt positions (on the embedded benchmark ~60% of tokens are prompt).
 - With a teacher, the divergence and the CE come from `chunked_divergence`: the logits of both models exist
-  `method.chunk_size` rows at a time, so the loss's memory does not grow with the vocabulary x tokens.
+  `chunk_rows(method, V)` rows at a time (a fixed number of logits, `method.chunk_elements`), so the loss's
+  memory does not grow with the vocabulary x tokens.
 - The loss is summed over tokens and divided by the token count of the whole optimizer step, with the step's
   batch split into micro-batches here (manual optimization), so the micro-batch size never changes the objective;
   Lightning's own accumulation would average micro-batch means instead.
@@ -48,6 +49,12 @@ def response_hidden(model, batch: dict, all_layers: bool = False):
     if not all_layers:
         return final, targets[at]
     return final, targets[at], [h[:, :-1][at] for h in out.hidden_states]
+
+
+def chunk_rows(method, vocab_size: int) -> int:
+    """Rows of logits per chunk of the memory-bounded loss: `method.chunk_size` if set, else as many rows as fit
+    `method.chunk_elements` logits, so that the loss's peak memory stays put whatever the vocabulary."""
+    return method.chunk_size or max(1, method.chunk_elements // vocab_size)
 
 
 def uniform_layer_map(n_student: int, n_teacher: int) -> list[int]:
@@ -151,12 +158,12 @@ class OfflineDistillation(L.LightningModule):
             ce = F.cross_entropy(s_head(s_hidden)[:, :self.vocab_size].float(), targets, reduction="sum")
             out = {"ce": ce, "loss": ce}
         else:
-            # The memory-bounded path: logits of both models exist only chunk_size rows at a time (forward and
+            # The memory-bounded path: logits of both models exist only chunk_rows at a time (forward and
             # backward), and the CE comes from the same student logits as the divergence.
             t_head = base_and_head(self.teacher)[1]
             div, ce = chunked_divergence(
                 s_hidden, s_head.weight, t_out[0], t_head.weight, self.divergence, vocab_size=self.vocab_size,
-                temperature=self.method.temperature, chunk_size=self.method.chunk_size,
+                temperature=self.method.temperature, chunk_size=chunk_rows(self.method, self.vocab_size),
                 student_head_bias=s_head.bias, teacher_head_bias=t_head.bias, targets=targets,
                 **self.divergence_hp)
             ce, kd = ce.sum(), div.sum()
