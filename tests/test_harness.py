@@ -164,7 +164,6 @@ def _loglikelihood(model, tok, context: str, continuation: str) -> float:
 def test_the_in_memory_model_is_what_gets_scored(setup):
     """lm-eval's SST-2 log-likelihoods equal the passed model's own (and differ between two initialisations);
     the caller's training mode survives the call."""
-    import torch
 
     from kdbench.evaluation.harness import run_lm_eval
 

@@ -110,9 +110,9 @@ def _plain_local_file(value: Any) -> bool:
 
 
 def _resolve_tasks(tasks: list[str], include_paths: list[Path], task_data: Mapping[str, str | Path]):
-    """Index the tasks, check every name and data file, and build lm-eval task specs; no model work here.
+    """Index the tasks and check every name and data file; no model work here.
 
-    Returns (task_manager, specs, overrides) where overrides maps task -> (eval split, absolute data path) for the
+    Returns (task_manager, overrides) where overrides maps task -> (evaluation split, absolute data path) for the
     tasks whose data file this call supplies.
     """
     from lm_eval.tasks._index import Kind
@@ -135,7 +135,7 @@ def _resolve_tasks(tasks: list[str], include_paths: list[Path], task_data: Mappi
         entry = tm.task_index[name]
         cfg = entry.cfg or {}
         if name in task_data:
-            if entry.kind not in (Kind.TASK,) or entry.yaml_path is None:
+            if entry.kind is not Kind.TASK or entry.yaml_path is None:
                 raise TaskDataError(f"task_data[{name!r}]: only a single YAML task can take a data file, "
                                     f"and {name!r} is a {entry.kind.name.lower()}")
             path = Path(task_data[name]).expanduser().resolve()
