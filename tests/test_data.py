@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 from kdbench.data import embedded
 from kdbench.data.datamodule import (IGNORE, EncodedDataset, InstructionDataModule, ShuffledBatchSampler, collate,
                                      encode_row, split_by_length)
-from kdbench.data.embedded import (BENCHMARK_VERSION, FAMILIES, ANIMALS, COLORS, NEGATIVE, POSITIVE,
+from kdbench.data.embedded import (BENCHMARK_VERSION, FAMILIES, NEGATIVE, POSITIVE,
                                    SENTIMENT_LABELS, SplitSizes, generate_splits)
 from kdbench.data.sources import DataError, load_rows, read_hf, read_jsonl
 from kdbench.data.template import render_prompt
@@ -137,14 +137,13 @@ def test_rule_reverse(small_splits):
         assert r["output"].split(", ") == words[::-1]
 
 
-def test_rule_lookup(small_splits):
-    for r in by_family(small_splits["train"], "lookup"):
-        records, query = r["input"].split("\n")
-        assert records.startswith("records: ") and query.startswith("query: ")
-        pairs = dict(item.split(" = ") for item in records.removeprefix("records: ").split(", "))
-        assert set(pairs) <= set(ANIMALS) and set(pairs.values()) <= set(COLORS)
-        assert 2 <= len(pairs) and len(set(pairs.values())) == len(pairs)
-        assert r["output"] == pairs[query.removeprefix("query: ")]
+def test_rule_largest(small_splits):
+    rows = by_family(small_splits["train"], "largest")
+    assert rows
+    for r in rows:
+        numbers = [int(x) for x in r["input"].split(", ")]
+        assert 4 <= len(numbers) <= 7 and len(set(numbers)) == len(numbers)
+        assert r["output"] == str(max(numbers))
 
 
 def test_rule_filter(small_splits):
@@ -392,7 +391,7 @@ def test_read_hf_unknown_id_fails_fast(hf_offline):
 # --------------------------------------------------------------------------------------------- encoding, batching
 
 def test_encode_row_masks_prompt_and_labels_response(tok, small_splits):
-    row = by_family(small_splits["test"], "lookup")[0]
+    row = by_family(small_splits["test"], "largest")[0]
     item = encode_row(row, tok, max_prompt_length=512, max_response_length=128)
     prompt = tok(render_prompt(row["instruction"], row["input"]), add_special_tokens=False)["input_ids"]
     response = tok(row["output"], add_special_tokens=False)["input_ids"]

@@ -6,12 +6,13 @@ trained on version N stays valid until the generator's rules change, and then th
 
 Why these families: a distillation benchmark needs room between teacher and student, measured at convergence.
 Version 1 asked for retrieval two hops away (the key in the instruction, the records in the input), counting and
-category filtering: no model learned them, so they carried no signal. Versions 2 and 3 keep what the default teacher
-learns and what separates model sizes: retrieval over a context with the query last (lookup), composing several
-rules (sentiment with negation), holding an ordered list in memory (reverse, sort), a per-item comparison with an
+category filtering: no model learned them, so they carried no signal. Versions 2 and 3 keep what the default
+teacher learns and what separates model sizes: composing several rules (sentiment with negation), holding an
+ordered list in memory (reverse, sort), a comparison across the list (largest), a per-item comparison with an
 ordered copy (filter), and long structured text copied row by row without drifting (profile, up to ~75 tokens:
-where exposure bias shows). `sentiment` has a fixed label set for calibration. Version 3 made lookup's values
-one-token words (v2's two-digit values kept even the teacher near chance) and trains on 40,000 items.
+where exposure bias shows). `sentiment` has a fixed label set for calibration. Version 3 replaced `lookup`
+(records, then a query: the teacher copied a random record's value, with two-digit or one-word values alike) by
+`largest` (a comparison across the list) and trains on 40,000 items.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ POSITIVE = ["great", "lovely", "excellent", "pleasant", "superb", "friendly", "c
 NEGATIVE = ["awful", "terrible", "rude", "dirty", "boring", "noisy", "bland", "poor"]
 SENTIMENT_LABELS = ("positive", "negative", "neutral")
 
-FAMILIES = ("lookup", "sentiment", "reverse", "sort", "filter", "profile")
+FAMILIES = ("largest", "sentiment", "reverse", "sort", "filter", "profile")
 
 
 @dataclass(frozen=True)
@@ -47,23 +48,19 @@ class SplitSizes:
     test: int = 2100
 
 
-def _lookup(rng: random.Random) -> tuple[str, str, str]:
-    # Associative recall with the query last: find the query's earlier occurrence and copy the word two tokens
-    # after it (an induction-style circuit, which needs two attention layers: the one-layer student stays near
-    # chance, the teacher learns it). v2 used two-digit values: the value sat 3-4 tokens after its key (" =",
-    # " ", digit, digit) and the teacher stayed near chance (31%); v3's values are one-token color words.
-    # "records:" opens the list so that every key is a space-prefixed token, the same token as in the query.
-    n = rng.randint(2, 5)
-    keys = rng.sample(ANIMALS, n)
-    values = rng.sample(COLORS, n)
-    target = rng.randrange(n)
+def _largest(rng: random.Random) -> tuple[str, str, str]:
+    # One comparison across the whole list, then a two-token copy: the tens digits decide (ties broken by the
+    # units), and the answer's second digit must come from the same number as its first, which takes a second
+    # attention layer to compose with the first. Replaced v2's `lookup` (records, then a query), which the
+    # 4-layer teacher never learned: it copied a random record's value (accuracy 1 / number of records).
+    n = rng.randint(4, 7)
+    numbers = rng.sample(range(10, 100), n)
     instruction = rng.choice([
-        "Answer the query with the color the records give for it.",
-        "Look up the query in the records and reply with its color.",
-        "Which color do the records list for the query?",
+        "Which number in the list is the largest?",
+        "Reply with the largest of these numbers.",
+        "Find the biggest number in the list.",
     ])
-    records = ", ".join(f"{k} = {v}" for k, v in zip(keys, values))
-    return instruction, f"records: {records}\nquery: {keys[target]}", values[target]
+    return instruction, ", ".join(map(str, numbers)), str(max(numbers))
 
 
 def _sentiment(rng: random.Random) -> tuple[str, str, str]:
@@ -151,9 +148,9 @@ def _profile(rng: random.Random) -> tuple[str, str, str]:
 # share of the training signal is (frequency x response length): drawn uniformly, `profile` (~67 tokens) would
 # carry ~60% of every gradient and the one-word families ~5%, and the short-answer skills would be learned last.
 # These weights even out the token shares (no family above ~40%). Validation and test stay uniform over families.
-TRAIN_WEIGHTS = {"lookup": 5.0, "sentiment": 2.0, "reverse": 1.0, "sort": 1.0, "filter": 1.5, "profile": 0.5}
+TRAIN_WEIGHTS = {"largest": 3.0, "sentiment": 2.0, "reverse": 1.0, "sort": 1.0, "filter": 1.5, "profile": 0.5}
 
-GENERATORS = {"lookup": _lookup, "sentiment": _sentiment, "reverse": _reverse, "sort": _sort, "filter": _filter,
+GENERATORS = {"largest": _largest, "sentiment": _sentiment, "reverse": _reverse, "sort": _sort, "filter": _filter,
               "profile": _profile}
 
 
