@@ -84,6 +84,9 @@ class SourceConfig:
     limit: Optional[int] = None
     # Our field -> the source's column, e.g. {input: context, output: response} for databricks-dolly-15k.
     columns: Dict[str, str] = field(default_factory=dict)
+    # hf only: the file(s) inside the dataset repository to read (datasets' data_files), e.g. "11_/valid.jsonl"
+    # for MiniLLM/sinst; the split of a data_files load is "train".
+    data_files: Optional[str] = None
 
 
 @dataclass
@@ -153,23 +156,146 @@ class GenerationConfig:
 
 
 @dataclass
+class ClassificationConfig:
+    """Zero-shot label scoring of a classification set (calibration): each row's prompt is followed by every label
+    word in turn and scored by the model (kdbench.evaluation.calibration.score_labels)."""
+    # The prompt is MiniLLM's Alpaca template (kdbench.data.template.render_prompt) filled with `instruction` and
+    # `input`, two str.format templates over the row's fields (e.g. "{passage}\nQuestion: {question}?"); or
+    # `prompt`, a whole-prompt template, when set. Embedded rows keep their own instruction and input when both
+    # templates are empty.
+    instruction: str = ""
+    input: str = ""
+    prompt: Optional[str] = None
+    # Label words in class-index order: a row's label is an index (int or bool) or one of these words.
+    label_words: List[str] = field(default_factory=list)
+    label_column: str = "label"
+    # Embedded sets: only the rows of this category (e.g. the `sentiment` family).
+    category: Optional[str] = None
+    # Equal-width confidence bins of the ECE and the reliability diagram.
+    n_bins: int = 10
+
+
+@dataclass
 class EvalSetConfig:
-    name: str = MISSING
+    """One evaluation set (conf/eval_set/<name>.yaml); a profile holds them in `eval.sets`, keyed by name."""
+    # generation: generate a response and score its text; classification: score label words (calibration).
+    kind: str = "generation"
     source: SourceConfig = field(default_factory=lambda: SourceConfig(split="test"))
+    # At most this many rows (after source.skip / source.limit); eval.limit caps every set at once.
+    limit: Optional[int] = None
+    # rouge_l, exact_match (strict), normalized_exact_match (MiniLLM's); kdbench.evaluation.metrics.PER_ITEM.
     metrics: List[str] = field(default_factory=lambda: ["rouge_l", "exact_match"])
     max_new_tokens: int = 128
+    # ROUGE-L per reference-length bucket in words, "lo-hi" (inclusive) or "lo+"; empty: off.
+    length_buckets: List[str] = field(default_factory=list)
+    # Diversity (Dist-4, corpus level) and repetition inside a response (4-gram repeats), x 100.
+    dist4: bool = False
+    repetition: bool = False
+    # MiniLLM's LM loss: mean token cross-entropy of the gold response given the prompt (teacher forcing).
+    lm_loss: bool = False
+    # Ask the LLM judge (eval.judge) to compare each generation with the gold response.
+    judge: bool = False
+    # Break every metric down by the rows' `category` (`<set>/<category>/<metric>`).
+    by_category: bool = True
+    classification: ClassificationConfig = field(default_factory=ClassificationConfig)
+
+
+@dataclass
+class SamplingConfig:
+    """MiniLLM's sampling profile: every generation set named in `sets` (null: all of them) is also generated with
+    pure sampling once per seed; its text metrics are reported as mean and std over the seeds
+    (`<set>/sampled/<metric>_mean`, `_std`)."""
+    enabled: bool = False
+    seeds: List[int] = field(default_factory=lambda: [1, 2, 3, 4, 5])
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    max_new_tokens: int = 256
+    sets: Optional[List[str]] = None
+
+
+@dataclass
+class JudgeSchema:
+    """The LLM judge; the same fields as kdbench.evaluation.judge.JudgeConfig (a test holds them equal).
+    api_key_env is the NAME of the environment variable holding the key: the key itself is never in the config."""
+    backend: str = "none"
+    base_url: Optional[str] = None
+    model: Optional[str] = None
+    api_key_env: Optional[str] = "OPENAI_API_KEY"
+    max_tokens: int = 256
+    temperature: float = 0.0
+    concurrency: int = 4
+    max_retries: int = 5
+    backoff_base_s: float = 1.0
+    backoff_max_s: float = 60.0
+    timeout_s: float = 120.0
+    cache_dir: Optional[str] = None
+    show_progress: bool = True
+
+
+@dataclass
+class ExposureBiasConfig:
+    """ExAccErr (kdbench.evaluation.exposure_bias): student and teacher sample continuations of the prompts of
+    `set`; the curve is saved and plotted, its values at `report_at` are metrics."""
+    enabled: bool = False
+    set: str = "dollyeval"
+    num_prompts: int = 50
+    max_new_tokens: int = 100
+    samples_per_prompt: int = 1
+    seed: int = 0
+    # sequence (Arora et al.'s expectation) or alive (MiniLLM's script); see the module docstring.
+    average: str = "sequence"
+    report_at: List[int] = field(default_factory=lambda: [10, 25, 50, 100])
+    batch_size: int = 16
+
+
+@dataclass
+class AgreementConfig:
+    """Teacher-student agreement on the gold responses of `set` (teacher forcing): token KL(teacher || student)
+    and top-1 agreement (kdbench.evaluation.agreement)."""
+    enabled: bool = False
+    set: str = "embedded_test"
+    # At most this many rows of the set; null: all.
+    num_items: Optional[int] = None
+
+
+@dataclass
+class LmEvalConfig:
+    """lm-eval tasks on the in-memory model (kdbench.evaluation.harness.run_lm_eval); empty `tasks`: off.
+    kdbench's own tasks find their data by themselves: kdbench_embedded writes the embedded test split,
+    kdbench_sst2 / kdbench_boolq read the sst2 / boolq sets' JSONL; task_data overrides (task -> JSONL path)."""
+    tasks: List[str] = field(default_factory=list)
+    limit: Optional[int] = None
+    batch_size: int = 8
+    num_fewshot: Optional[int] = None
+    task_data: Dict[str, str] = field(default_factory=dict)
+    include_path: Optional[str] = None
 
 
 @dataclass
 class EvalConfig:
     name: str = MISSING
-    sets: List[EvalSetConfig] = field(default_factory=list)
+    sets: Dict[str, EvalSetConfig] = field(default_factory=dict)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     max_prompt_length: int = 256
+    # Responses are cut to this many tokens where a gold response is scored (LM loss, agreement).
+    max_response_length: int = 256
+    # Batch size of the teacher-forced passes (LM loss, label scoring, agreement, ExAccErr).
+    score_batch_size: int = 16
     # Evaluate the teacher too, as the reference row (its generations are cached by content).
     teacher: bool = True
     # How many sample generations go into the W&B table and results.json.
     num_samples: int = 20
+    # Quick runs: cap every set's rows / every generation's new tokens (null: each set's own).
+    limit: Optional[int] = None
+    max_new_tokens: Optional[int] = None
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    judge: JudgeSchema = field(default_factory=JudgeSchema)
+    exposure_bias: ExposureBiasConfig = field(default_factory=ExposureBiasConfig)
+    agreement: AgreementConfig = field(default_factory=AgreementConfig)
+    lm_eval: LmEvalConfig = field(default_factory=LmEvalConfig)
+    # PNGs (ExAccErr curve, ROUGE-L by length, reliability diagrams) next to results.json, logged to W&B.
+    plots: bool = True
 
 
 @dataclass
@@ -188,6 +314,8 @@ class TrainerConfig:
     # Torch threads per process; null: all cores for a single run, one per worker in a parallel sweep.
     num_threads: Optional[int] = None
     progress: bool = True
+    # Save the trained student (save_pretrained + tokenizer) as <run dir>/student, for kdbench-eval.
+    save_student: bool = True
 
 
 @dataclass
@@ -218,8 +346,24 @@ class TrainConfig:
     force: bool = False
 
 
+def run_dirname(override_dirname: str, max_length: int = 100) -> str:
+    """A folder name for a run from its overrides (kdbench-eval's run folders): slashes of paths in values become
+    '_' (no nested folders), and a name longer than max_length keeps its start plus a hash of the whole, so that it
+    stays a pure function of the overrides (a re-run finds its folder) within the file system's name limit."""
+    import hashlib
+
+    name = (override_dirname or "default").replace("/", "_")
+    if len(name) <= max_length:
+        return name
+    digest = hashlib.sha256(override_dirname.encode()).hexdigest()[:12]
+    return f"{name[:max_length - 13].rstrip(',')}-{digest}"
+
+
 def register_configs() -> None:
+    from omegaconf import OmegaConf
+
     ConfigStore.instance().store(name="kdbench_schema", node=TrainConfig)
+    OmegaConf.register_new_resolver("kdbench_dirname", run_dirname, replace=True)
 
 
 class ConfigError(ValueError):
@@ -275,15 +419,101 @@ def validate(cfg: Any) -> None:
     _check(cfg.logger.mode in ("offline", "online", "disabled"), "logger.mode", cfg.logger.mode,
            "use offline, online or disabled")
     _check(cfg.data.max_prompt_length > 0, "data.max_prompt_length", cfg.data.max_prompt_length, "must be > 0")
-    _check(cfg.eval.max_prompt_length > 0, "eval.max_prompt_length", cfg.eval.max_prompt_length, "must be > 0")
     sources = [("data.train", cfg.data.train), ("data.validation", cfg.data.validation)]
-    sources += [(f"eval.sets[{i}].source", s.source) for i, s in enumerate(cfg.eval.sets)]
+    sources += [(f"eval.sets.{name}.source", s.source) for name, s in cfg.eval.sets.items()]
     for key, src in sources:
         _check(src.kind in ("embedded", "jsonl", "hf"), f"{key}.kind", src.kind, "use embedded, jsonl or hf")
         if src.kind != "embedded":
             _check(bool(src.path), f"{key}.path", src.path,
                    "a jsonl source needs a file path, an hf source a dataset id or folder")
-    for i, s in enumerate(cfg.eval.sets):
-        for metric in s.metrics:
-            _check(metric in ("rouge_l", "exact_match"), f"eval.sets[{i}].metrics", metric,
-                   "known metrics: rouge_l, exact_match")
+    validate_eval(cfg.eval)
+
+
+EVAL_SET_KINDS = ("generation", "classification")
+TEXT_METRICS = ("rouge_l", "exact_match", "normalized_exact_match")
+
+
+def parse_length_buckets(specs, key: str = "length_buckets") -> list[tuple[int, Optional[int]]]:
+    """["0-5", "6-10", "11+"] -> [(0, 5), (6, 10), (11, None)]; a malformed or overlapping spec fails naming key."""
+    out: list[tuple[int, Optional[int]]] = []
+    for spec in specs:
+        text = str(spec).strip()
+        try:
+            if text.endswith("+"):
+                lo, hi = int(text[:-1]), None
+            else:
+                a, b = text.split("-")
+                lo, hi = int(a), int(b)
+        except ValueError:
+            raise ConfigError(f"{key}={list(specs)!r}: {spec!r} is not 'lo-hi' or 'lo+' (words)") from None
+        _check(lo >= 0 and (hi is None or hi >= lo), key, list(specs), f"{spec!r}: need 0 <= lo <= hi")
+        out.append((lo, hi))
+    ordered = sorted(out)
+    for (_, hi1), (lo2, _) in zip(ordered, ordered[1:]):
+        _check(hi1 is not None and hi1 < lo2, key, list(specs), "buckets overlap")
+    return out
+
+
+def validate_eval(e: Any) -> None:
+    """The evaluation profile's values (called by `validate`, and by kdbench-eval)."""
+    _check(e.max_prompt_length > 0, "eval.max_prompt_length", e.max_prompt_length, "must be > 0")
+    _check(e.max_response_length > 0, "eval.max_response_length", e.max_response_length, "must be > 0")
+    _check(e.score_batch_size > 0, "eval.score_batch_size", e.score_batch_size, "must be > 0")
+    _check(e.generation.batch_size > 0, "eval.generation.batch_size", e.generation.batch_size, "must be > 0")
+    for key in ("limit", "max_new_tokens"):
+        _check(e[key] is None or e[key] > 0, f"eval.{key}", e[key], "must be > 0 (or null)")
+    generation_sets = []
+    for name, s in e.sets.items():
+        k = f"eval.sets.{name}"
+        _check(s.kind in EVAL_SET_KINDS, f"{k}.kind", s.kind, f"use {' or '.join(EVAL_SET_KINDS)}")
+        _check(s.limit is None or s.limit > 0, f"{k}.limit", s.limit, "must be > 0 (or null)")
+        if s.kind == "generation":
+            generation_sets.append(name)
+            _check(s.max_new_tokens > 0, f"{k}.max_new_tokens", s.max_new_tokens, "must be > 0")
+            for metric in s.metrics:
+                _check(metric in TEXT_METRICS, f"{k}.metrics", metric, f"known metrics: {', '.join(TEXT_METRICS)}")
+            parse_length_buckets(s.length_buckets, f"{k}.length_buckets")
+        else:
+            c = s.classification
+            _check(len(c.label_words) >= 2, f"{k}.classification.label_words", list(c.label_words),
+                   "a classification set needs at least two label words")
+            _check(len(set(c.label_words)) == len(c.label_words), f"{k}.classification.label_words",
+                   list(c.label_words), "label words must differ")
+            _check(c.n_bins >= 1, f"{k}.classification.n_bins", c.n_bins, "must be >= 1")
+            if s.source.kind == "embedded":
+                _check(bool(c.category), f"{k}.classification.category", c.category,
+                       "an embedded classification set needs the family to keep, e.g. sentiment")
+            else:
+                _check(bool(c.prompt or c.instruction), f"{k}.classification.instruction", c.instruction,
+                       "give an instruction template (or classification.prompt)")
+    sp = e.sampling
+    if sp.enabled:
+        _check(len(sp.seeds) >= 1, "eval.sampling.seeds", list(sp.seeds), "give at least one seed")
+        _check(sp.temperature > 0, "eval.sampling.temperature", sp.temperature, "must be > 0")
+        _check(0 < sp.top_p <= 1, "eval.sampling.top_p", sp.top_p, "must lie in (0, 1]")
+        _check(sp.top_k >= 0, "eval.sampling.top_k", sp.top_k, "must be >= 0 (0: off)")
+        _check(sp.max_new_tokens > 0, "eval.sampling.max_new_tokens", sp.max_new_tokens, "must be > 0")
+        for name in sp.sets or []:
+            _check(name in generation_sets, "eval.sampling.sets", name,
+                   f"not a generation set of this profile ({', '.join(generation_sets) or 'none'})")
+    from kdbench.evaluation.judge import BACKENDS
+    _check(e.judge.backend in BACKENDS, "eval.judge.backend", e.judge.backend, f"use {', '.join(BACKENDS)}")
+    eb = e.exposure_bias
+    if eb.enabled:
+        _check(eb.set in generation_sets, "eval.exposure_bias.set", eb.set,
+               f"not a generation set of this profile ({', '.join(generation_sets) or 'none'})")
+        for key in ("num_prompts", "max_new_tokens", "samples_per_prompt", "batch_size"):
+            _check(eb[key] > 0, f"eval.exposure_bias.{key}", eb[key], "must be > 0")
+        _check(eb.average in ("sequence", "alive"), "eval.exposure_bias.average", eb.average,
+               "use sequence or alive")
+        _check(all(v > 0 for v in eb.report_at), "eval.exposure_bias.report_at", list(eb.report_at),
+               "positions start at 1")
+    ag = e.agreement
+    if ag.enabled:
+        _check(ag.set in generation_sets, "eval.agreement.set", ag.set,
+               f"not a generation set of this profile ({', '.join(generation_sets) or 'none'})")
+        _check(ag.num_items is None or ag.num_items > 0, "eval.agreement.num_items", ag.num_items,
+               "must be > 0 (or null)")
+    le = e.lm_eval
+    _check(le.limit is None or le.limit > 0, "eval.lm_eval.limit", le.limit, "must be > 0 (or null)")
+    _check(le.batch_size > 0, "eval.lm_eval.batch_size", le.batch_size, "must be > 0")

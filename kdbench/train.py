@@ -43,26 +43,16 @@ def run(cfg: DictConfig) -> dict:
     from kdbench.models.resolve import load_student, load_teacher
     from kdbench.report.run_table import print_run_table
     from kdbench.schema import validate
-    from kdbench.tracking.results import (build_record, config_changes, read_results, supersede_results,
-                                          write_results)
+    from kdbench.tracking.results import build_record, finished_run, write_results
 
     t_start = time.perf_counter()
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     cell = HydraConfig.get().job.override_dirname or "default"
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    done = read_results(run_dir)
-    if done is not None and not cfg.force:
-        changed = config_changes(done.get("config", {}), resolved)
-        if not changed:
-            log.info("%s: finished earlier (results.json exists); skipping. Pass force=true to redo it.", run_dir)
-            print_run_table(done)
-            return done
-        # Same folder, different run (a new benchmark version, an edited config group): redo it, keeping the
-        # old record beside the new one rather than overwriting it.
-        superseded = supersede_results(run_dir)
-        log.warning("%s: results.json was made with a different config (%s); redoing the run (the old record "
-                    "is kept as %s)", run_dir, ", ".join(changed[:5]) + (" ..." if len(changed) > 5 else ""),
-                    superseded.name)
+    done = finished_run(run_dir, resolved, cfg.force, log)
+    if done is not None:
+        print_run_table(done)
+        return done
 
     validate(cfg)
     torch.set_num_threads(_threads(cfg))
@@ -83,10 +73,11 @@ def run(cfg: DictConfig) -> dict:
     # Imported after the models load: a missing model or a bad key fails before Lightning's import cost.
     from kdbench.data.datamodule import InstructionDataModule
     from kdbench.data.sources import load_rows
-    from kdbench.evaluation.suite import evaluate_model
+    from kdbench.evaluation.suite import Model, run_suite
     from kdbench.methods.fit import fit, make_trainer
     from kdbench.methods.offline import OfflineDistillation, check_head_path
-    from kdbench.tracking.loggers import finish, log_final, make_logger
+    from kdbench.models.loading import save_model_folder
+    from kdbench.tracking.loggers import finish, log_final, log_images, make_logger
 
     logger = make_logger(cfg.logger, run_dir, run_name=f"{cfg.sweep_name}/{cell}", group=cfg.sweep_name,
                          config=resolved, tags=[f"method={method.name}", f"student={student.name}",
@@ -107,35 +98,38 @@ def run(cfg: DictConfig) -> dict:
         fit(module, dm, trainer)
         train_seconds = time.perf_counter() - t_train
 
+        # The trained student, loadable by kdbench-eval (model.path=<this run folder>) or any HF code.
+        student_dir = save_model_folder(student.model, student.tokenizer, run_dir / "student") \
+            if cfg.trainer.save_student else None
+
         t_eval = time.perf_counter()
-        s_eval = evaluate_model(student.model, student.tokenizer, cfg.eval, cfg.data.embedded, "student",
-                                show_progress=cfg.trainer.progress)
-        t_metrics, samples = {}, list(s_eval.samples)
-        if teacher is not None and cfg.eval.teacher:
-            t_eval_out = evaluate_model(teacher.model, teacher.tokenizer, cfg.eval, cfg.data.embedded, "teacher",
-                                        cache_dir=str(cache_dir), fingerprint=teacher.fingerprint,
-                                        show_progress=cfg.trainer.progress)
-            t_metrics, samples = t_eval_out.metrics, samples + t_eval_out.samples
+        reference = Model(teacher.model, teacher.tokenizer, teacher.name, teacher.fingerprint) if teacher else None
+        suite = run_suite(Model(student.model, student.tokenizer, student.name), reference, cfg.eval,
+                          cfg.data.embedded, cache_dir=str(cache_dir), out_dir=run_dir,
+                          show_progress=cfg.trainer.progress)
         eval_seconds = time.perf_counter() - t_eval
 
-        log_final(logger, {**{f"eval/{k}": v for k, v in s_eval.metrics.items()},
-                           **{f"teacher/{k}": v for k, v in t_metrics.items()}}, samples)
+        log_final(logger, {**{f"eval/{k}": v for k, v in suite.metrics.items()},
+                           **{f"teacher/{k}": v for k, v in suite.teacher_metrics.items()}}, suite.samples)
+        log_images(logger, suite.plots)
         record = build_record(
             labels={"method": method.name, "student": student.name, "teacher": teacher.name if teacher else None,
                     "seed": cfg.seed, "student_params": student.parameters,
                     "teacher_params": teacher.parameters if teacher else None, "sweep": cfg.sweep_name,
                     "cell": cell},
-            metrics=s_eval.metrics, teacher_metrics=t_metrics,
+            metrics=suite.metrics, teacher_metrics=suite.teacher_metrics,
             train={"steps": int(trainer.global_step), "tokens": module.tokens_seen,
                    "seconds": round(train_seconds, 1),
                    "final": {k: float(v) for k, v in trainer.callback_metrics.items()},
                    "truncated_prompts": dm.train_set.n_truncated},
             cost={"train_tokens": module.tokens_seen,
                   "teacher_forward_tokens": module.tokens_seen if whitebox else 0,
-                  "generated_tokens": s_eval.new_tokens, "eval_seconds": round(eval_seconds, 1)},
-            samples=samples, config=resolved, seed=cfg.seed,
+                  "generated_tokens": suite.new_tokens, "eval_seconds": round(eval_seconds, 1)},
+            samples=suite.samples, config=resolved, seed=cfg.seed,
             wall_time_s=time.perf_counter() - t_start,
-            artifacts={"run_dir": str(run_dir), "wandb_dir": str(run_dir / "wandb") if logger else None},
+            artifacts={"run_dir": str(run_dir), "wandb_dir": str(run_dir / "wandb") if logger else None,
+                       "student_dir": str(student_dir) if student_dir else None, "plots": suite.plots},
+            evaluation=suite.details,
         )
         write_results(run_dir, record)
     finally:

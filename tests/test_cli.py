@@ -44,6 +44,12 @@ def test_single_run_writes_results_and_wandb(tmp_path):
     assert 0 <= rec["metrics"]["embedded_test/rouge_l"] <= 100
     assert rec["metrics"]["embedded_test/n"] == 16
     assert rec["train"]["steps"] == 6
+    # The light profile's cheap extras: agreement on the test split's gold responses, calibration of the
+    # sentiment family (with its reliability diagram), and the trained student saved for kdbench-eval.
+    assert 0 <= rec["metrics"]["agreement/top1"] <= 1 and rec["metrics"]["agreement/forward_kl"] >= 0
+    assert 0 <= rec["metrics"]["embedded_sentiment/ece"] <= 1 and "embedded_sentiment/brier" in rec["teacher_metrics"]
+    assert Path(rec["artifacts"]["plots"]["reliability_embedded_sentiment"]).is_file()
+    assert (Path(rec["artifacts"]["student_dir"]) / "config.json").is_file()
     # The row is printed beside the teacher's.
     assert "| kd | tiny |" in out.stdout and "| teacher |" in out.stdout
 

@@ -45,7 +45,9 @@ def test_groups_were_found():
 
 @pytest.mark.parametrize("group,option", GROUP_OPTIONS, ids=[f"{g}={o}" for g, o in GROUP_OPTIONS])
 def test_every_group_option_composes(group, option):
-    cfg = _compose([f"{group}={option}"])
+    # An evaluation set is composed into a profile's dict of sets (conf/eval/full.yaml), not at the root.
+    override = f"+eval_set@eval.sets.extra={option}" if group == "eval_set" else f"{group}={option}"
+    cfg = _compose([override])
     # Everything resolves (no dangling interpolations); data=jsonl needs paths the user must give.
     container = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
     assert container["method"]["name"]

@@ -17,7 +17,8 @@ def test_wheel_carries_configs_and_runs_from_any_folder(tmp_path):
     wheel = next((tmp_path / "dist").glob("kdbench-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
     for required in ("kdbench/_conf/train.yaml", "kdbench/_conf/method/kd.yaml", "kdbench/_sweeps/first_table.yaml",
-                     "kdbench/_conf/hydra/help/kdbench.yaml"):
+                     "kdbench/_conf/hydra/help/kdbench.yaml", "kdbench/_conf/evaluate.yaml",
+                     "kdbench/_conf/eval_set/dollyeval.yaml", "kdbench/_conf/eval/full.yaml"):
         assert required in names, required
     shipped = [n for n in names if n.startswith("kdbench/assets/teachers/") and n.endswith("model.safetensors")]
     assert shipped, "the default teacher's weights are not in the wheel"

@@ -72,20 +72,82 @@ def read_jsonl(path: str | Path, columns: dict | None = None, limit: int | None 
     return rows
 
 
-def read_hf(name: str, split: str, columns: dict | None = None, limit: int | None = None) -> list[dict]:
+def _hf_dataset(name: str, split: str, data_files: str | None):
     import datasets  # imported here: it is slow to import and only real-data runs need it
 
+    what = f"{name!r} (split {split!r}{f', data_files {data_files!r}' if data_files else ''})"
     try:
-        ds = datasets.load_dataset(name, split=split)
+        return datasets.load_dataset(name, split=split, data_files=data_files)
     except Exception as e:  # noqa: BLE001 - re-raised with the config key and the remedy
-        raise DataError(f"data source {name!r} (split {split!r}) could not be loaded: {e}. Offline, point "
-                        f"source.kind=jsonl and source.path at a local copy.") from e
+        raise DataError(f"data source {what} could not be loaded: {e}. Offline, point source.path at a local "
+                        f"JSONL copy (source.kind=jsonl).") from e
+
+
+def read_hf(name: str, split: str, columns: dict | None = None, limit: int | None = None,
+            data_files: str | None = None) -> list[dict]:
+    ds = _hf_dataset(name, split, data_files)
     rows = []
     for i, raw in enumerate(ds):
         rows.append(_normalize(dict(raw), columns or {}, f"{name}[{split}] row {i}"))
         if limit is not None and len(rows) >= limit:
             break
     return rows
+
+
+def load_records(source) -> list[dict]:
+    """Raw JSON objects (no mapping onto instruction rows) from a jsonl or hf source, after `skip`, at most `limit`:
+    what a classification set reads ({text, label}, {passage, question, answer, label}, ...). Columns in
+    source.columns are renamed (our name -> the source's column)."""
+    if source.skip < 0:
+        raise DataError(f"source.skip={source.skip}: must be >= 0")
+    n = None if source.limit is None else source.skip + source.limit
+    if source.kind == "jsonl" or is_local_file(source):
+        if not source.path:
+            raise DataError("source.path is required for source.kind=jsonl")
+        path = Path(source.path).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no such JSONL file")
+        raws, wheres = [], []
+        with path.open(encoding="utf-8") as f:
+            for lineno, line in enumerate(f, start=1):
+                if n is not None and len(raws) >= n:
+                    break
+                if not line.strip():
+                    continue
+                try:
+                    raw = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
+                if not isinstance(raw, dict):
+                    raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(raw).__name__}")
+                raws.append(raw)
+                wheres.append(f"{path}:{lineno}")
+    elif source.kind == "hf":
+        if not source.path:
+            raise DataError("source.path (a Hugging Face dataset id) is required for source.kind=hf")
+        ds = _hf_dataset(source.path, source.split, source.data_files)
+        raws, wheres = [], []
+        for i, raw in enumerate(ds):
+            if n is not None and len(raws) >= n:
+                break
+            raws.append(dict(raw))
+            wheres.append(f"{source.path}[{source.split}] row {i}")
+    else:
+        raise DataError(f"source.kind={source.kind!r}: raw records come from jsonl or hf")
+    if not raws:
+        raise DataError(f"{source.path}: the source holds no rows")
+    columns = dict(source.columns)
+    out = []
+    for raw, where in list(zip(raws, wheres))[source.skip:]:
+        for ours, theirs in columns.items():
+            if ours in raw and theirs not in raw:  # a local copy already in our naming
+                continue
+            if theirs not in raw:
+                raise DataError(f"{where}: the row has no {theirs!r} field (mapped to {ours!r} by source.columns); "
+                                f"it has {sorted(raw)}")
+            raw[ours] = raw[theirs]
+        out.append({**raw, "_where": where})
+    return out
 
 
 def load_rows(source, embedded_cfg) -> list[dict]:
@@ -97,6 +159,12 @@ def load_rows(source, embedded_cfg) -> list[dict]:
     return _read(source, embedded_cfg, n)[source.skip:]
 
 
+def is_local_file(source) -> bool:
+    """An hf source whose path is a local file is read as JSONL: `source.path=<file>` alone switches a set that
+    names a hub id (conf/eval_set/*.yaml) to a local copy."""
+    return source.kind in ("jsonl", "hf") and bool(source.path) and Path(source.path).expanduser().is_file()
+
+
 def _read(source, embedded_cfg, n: int | None) -> list[dict]:
     if source.kind == "embedded":
         splits = embedded_splits(embedded_cfg)
@@ -104,12 +172,12 @@ def _read(source, embedded_cfg, n: int | None) -> list[dict]:
             raise DataError(f"source.split={source.split!r}: the embedded benchmark has {sorted(splits)}")
         rows = [dict(r, references=[r["output"]]) for r in splits[source.split]]
         return rows[:n] if n is not None else rows
-    if source.kind == "jsonl":
+    if source.kind == "jsonl" or is_local_file(source):
         if not source.path:
             raise DataError("source.path is required for source.kind=jsonl")
         return read_jsonl(source.path, dict(source.columns), n)
     if source.kind == "hf":
         if not source.path:
             raise DataError("source.path (a Hugging Face dataset id) is required for source.kind=hf")
-        return read_hf(source.path, source.split, dict(source.columns), n)
+        return read_hf(source.path, source.split, dict(source.columns), n, getattr(source, "data_files", None))
     raise DataError(f"source.kind={source.kind!r}: use embedded, jsonl or hf")

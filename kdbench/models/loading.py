@@ -141,3 +141,47 @@ def freeze(model: PreTrainedModel) -> PreTrainedModel:
     for p in model.parameters():
         p.requires_grad_(False)
     return model
+
+
+def save_model_folder(model, tokenizer, folder: str | Path) -> Path:
+    """save_pretrained (safetensors) + the tokenizer into `folder`, atomically: written into a temp folder beside it,
+    then renamed into place, so a reader never sees half a model; an older folder of the same name is replaced."""
+    import shutil
+    import tempfile
+
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        tmp.chmod(0o755)
+        if folder.exists():
+            old = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.old."))
+            os.replace(folder, old / folder.name)
+            os.replace(tmp, folder)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return folder
+
+
+def resolve_model_path(path: str) -> tuple[str, dict | None]:
+    """(what to load, the kdbench run record or None) for kdbench-eval's model.path: a kdbench run folder (its
+    results.json names the saved student), a folder saved with save_pretrained, or a hub id (returned as is)."""
+    local = Path(path).expanduser()
+    if local.is_dir() and (local / "results.json").is_file() and not (local / "config.json").is_file():
+        record = json.loads((local / "results.json").read_text())
+        # The folder the run recorded, else `student/` beside results.json (a run folder that was moved).
+        candidates = [Path(p) for p in ((record.get("artifacts") or {}).get("student_dir"),) if p]
+        candidates.append(local / "student")
+        for folder in candidates:
+            if (folder / "config.json").is_file():
+                return str(folder), record
+        raise FileNotFoundError(f"model.path={path!r} is a kdbench run folder without a saved student (no "
+                                f"config.json in {', '.join(map(str, candidates))}): it ran with "
+                                "trainer.save_student=false or an older kdbench; rerun it with force=true")
+    return path, None

@@ -49,6 +49,14 @@ def log_final(logger, metrics: dict, samples: list[dict]) -> None:
         logger.log_table(key="eval/samples", columns=cols, data=[[s[c] for c in cols] for s in samples])
 
 
+def log_images(logger, images: dict[str, str]) -> None:
+    """PNG files as W&B images, keyed `plots/<name>` (copied into the run's media folder)."""
+    if logger is None or not images:
+        return
+    for name, path in images.items():
+        logger.log_image(key=f"plots/{name}", images=[str(path)])
+
+
 def finish(logger) -> None:
     if logger is None:
         return

@@ -100,13 +100,36 @@ def config_changes(old: dict, new: dict) -> list[str]:
                   if a[k] != b[k] and not any(k == v or k.startswith(v) for v in _VOLATILE))
 
 
-def build_record(*, labels: dict, metrics: dict, teacher_metrics: dict, train: dict, cost: dict, samples: list,
-                 config: dict, seed: int, wall_time_s: float, artifacts: dict) -> dict:
-    """A finished run's record; environment facts (versions, git, hardware) are collected here."""
-    return {"status": "complete", "labels": labels, "metrics": metrics, "teacher_metrics": teacher_metrics,
-            "train": train, "cost": cost, "samples": samples, "config": config, "seed": seed,
-            "versions": package_versions(), "git": git_revision(), "hardware": hardware(),
-            "wall_time_s": round(wall_time_s, 1), "artifacts": artifacts}
+def build_record(*, labels: dict, metrics: dict, teacher_metrics: dict, train: dict | None, cost: dict,
+                 samples: list, config: dict, seed: int, wall_time_s: float, artifacts: dict,
+                 evaluation: dict | None = None) -> dict:
+    """A finished run's record; environment facts (versions, git, hardware) are collected here. `evaluation` holds
+    the suite's details (curves, reliability diagrams, length buckets, skipped components and why); `train` is
+    None for an evaluation-only run (kdbench-eval)."""
+    record = {"status": "complete", "labels": labels, "metrics": metrics, "teacher_metrics": teacher_metrics,
+              "train": train, "cost": cost, "samples": samples, "config": config, "seed": seed,
+              "versions": package_versions(), "git": git_revision(), "hardware": hardware(),
+              "wall_time_s": round(wall_time_s, 1), "artifacts": artifacts}
+    if evaluation is not None:
+        record["eval"] = evaluation
+    return record
+
+
+def finished_run(run_dir: str | Path, resolved: dict, force: bool, log) -> dict | None:
+    """The record of a run already finished in `run_dir` with the same config (to skip it), else None; a record
+    made with a different config is moved aside (kept as results.superseded-<n>.json) and the run is redone."""
+    done = read_results(run_dir)
+    if done is None or force:
+        return None
+    changed = config_changes(done.get("config", {}), resolved)
+    if not changed:
+        log.info("%s: finished earlier (results.json exists); skipping. Pass force=true to redo it.", run_dir)
+        return done
+    superseded = supersede_results(run_dir)
+    log.warning("%s: results.json was made with a different config (%s); redoing the run (the old record "
+                "is kept as %s)", run_dir, ", ".join(changed[:5]) + (" ..." if len(changed) > 5 else ""),
+                superseded.name)
+    return None
 
 
 def write_results(run_dir: str | Path, record: dict) -> Path:

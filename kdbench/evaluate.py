@@ -1,0 +1,143 @@
+"""`kdbench-eval`: evaluate one model with the evaluation suite, the teacher as the reference row.
+
+    kdbench-eval model.path=<HF id | local folder | kdbench run folder>     # eval=full by default
+    kdbench-eval model=<student option>                                     # built from its config (untrained)
+
+Same configs as `kdbench` (conf/evaluate.yaml extends train.yaml), same records: results.json (resolved config,
+metrics, teacher_metrics, versions, hardware, wall time, artifacts, the suite's details), figures next to it and a
+W&B run. `model` on the command line is the `student` group under another name (see `model_aliases`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import sys
+import time
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from kdbench.paths import conf_dir
+
+log = logging.getLogger("kdbench")
+
+_MODEL = re.compile(r"^([+~]{0,2})model(?=[.=]|$)")
+
+
+def model_aliases(argv: list[str]) -> list[str]:
+    """`model=X`, `model.key=V` (also with + or ~) -> the `student` group's `student=X`, `student.key=V`. A
+    `model.path` without `model.source` also sets student.source=pretrained: a path is always loaded, not built."""
+    out = [argv[0], *(_MODEL.sub(r"\1student", a) for a in argv[1:])]
+    keys = [a.lstrip("+~").split("=", 1)[0] for a in out[1:]]
+    if "student.path" in keys and "student.source" not in keys:
+        out.append("student.source=pretrained")
+    return out
+
+
+def load_evaluated(cfg, cache_dir: Path, teacher_tokenizer=None):
+    """(Loaded, the kdbench run record or None): the model `student.path` names (a kdbench run folder's saved
+    student, a save_pretrained folder or a hub id), else the student option built from its config."""
+    from kdbench.models.loading import count_parameters, load_pretrained, resolve_model_path
+    from kdbench.models.resolve import Loaded, load_student
+
+    s = cfg.student
+    if s.path:
+        target, record = resolve_model_path(s.path)
+        model, tok = load_pretrained(target, "model.path", s.dtype, s.tokenizer)
+        name = (record or {}).get("labels", {}).get("student") or Path(s.path.rstrip("/")).name or s.path
+        return Loaded(model, tok, name, count_parameters(model), model.kdbench_fingerprint), record
+    log.warning("model=%s is built from its config with random init (untrained); pass model.path=<kdbench run "
+                "folder | model folder | HF id> to evaluate a trained model", s.name)
+    return load_student(cfg, cache_dir, teacher_tokenizer), None
+
+
+def run_eval(cfg: DictConfig) -> dict:
+    import torch
+
+    from kdbench.models.resolve import load_teacher
+    from kdbench.report.run_table import print_run_table
+    from kdbench.schema import validate
+    from kdbench.tracking.results import build_record, finished_run, write_results
+    from kdbench.train import _threads
+
+    t_start = time.perf_counter()
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    cell = HydraConfig.get().job.override_dirname or "default"
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    done = finished_run(run_dir, resolved, cfg.force, log)
+    if done is not None:
+        print_run_table(done)
+        return done
+
+    validate(cfg)
+    torch.set_num_threads(_threads(cfg))
+    torch.manual_seed(cfg.seed)
+    cache_dir = Path(os.path.expanduser(cfg.paths.cache_dir))
+    e = cfg.eval
+    needs_teacher = e.teacher or e.agreement.enabled or e.exposure_bias.enabled
+    teacher = load_teacher(cfg, cache_dir, cfg.trainer.progress) if needs_teacher else None
+    student, origin = load_evaluated(cfg, cache_dir, teacher.tokenizer if teacher else None)
+    origin_labels = (origin or {}).get("labels", {})
+    method = origin_labels.get("method") or ("pretrained" if cfg.student.path else "untrained")
+    log.info("evaluating %s (%s params, %s) against teacher %s with eval=%s", student.name,
+             f"{student.parameters:,}", method, teacher.name if teacher else "-", e.name)
+
+    from kdbench.evaluation.suite import Model, run_suite
+    from kdbench.tracking.loggers import finish, log_final, log_images, make_logger
+
+    logger = make_logger(cfg.logger, run_dir, run_name=f"eval/{cell}", group=f"eval/{cfg.sweep_name}",
+                         config=resolved, tags=["kdbench-eval", f"method={method}", f"student={student.name}",
+                                                f"teacher={teacher.name if teacher else 'none'}"])
+    try:
+        t_eval = time.perf_counter()
+        reference = Model(teacher.model, teacher.tokenizer, teacher.name, teacher.fingerprint) if teacher else None
+        suite = run_suite(Model(student.model, student.tokenizer, student.name), reference, e, cfg.data.embedded,
+                          cache_dir=str(cache_dir), out_dir=run_dir, show_progress=cfg.trainer.progress)
+        eval_seconds = time.perf_counter() - t_eval
+        log_final(logger, {**{f"eval/{k}": v for k, v in suite.metrics.items()},
+                           **{f"teacher/{k}": v for k, v in suite.teacher_metrics.items()}}, suite.samples)
+        log_images(logger, suite.plots)
+        record = build_record(
+            labels={"method": method, "student": student.name, "teacher": teacher.name if teacher else None,
+                    "seed": origin_labels.get("seed", cfg.seed), "student_params": student.parameters,
+                    "teacher_params": teacher.parameters if teacher else None, "sweep": f"eval/{cfg.sweep_name}",
+                    "cell": cell, "evaluated": cfg.student.path or f"student={cfg.student.name}"},
+            metrics=suite.metrics, teacher_metrics=suite.teacher_metrics, train=None,
+            cost={"generated_tokens": suite.new_tokens, "eval_seconds": round(eval_seconds, 1)},
+            samples=suite.samples, config=resolved, seed=cfg.seed, wall_time_s=time.perf_counter() - t_start,
+            artifacts={"run_dir": str(run_dir), "wandb_dir": str(run_dir / "wandb") if logger else None,
+                       "model": cfg.student.path, "origin_run": (origin or {}).get("artifacts", {}).get("run_dir"),
+                       "plots": suite.plots},
+            evaluation=suite.details,
+        )
+        write_results(run_dir, record)
+    finally:
+        finish(logger)
+    print_run_table(record)
+    return record
+
+
+@hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="evaluate")
+def _hydra_eval(cfg: DictConfig) -> None:
+    from kdbench.train import _user_errors
+
+    try:
+        run_eval(cfg)
+    except _user_errors() as e:
+        raise SystemExit(f"kdbench-eval: error: {e}") from None
+
+
+def cli() -> None:
+    from kdbench.train import _setup
+
+    _setup()
+    sys.argv = model_aliases(sys.argv)
+    _hydra_eval()
+
+
+if __name__ == "__main__":
+    cli()
