@@ -49,11 +49,15 @@ def _normalize(raw: dict, columns: dict, where: str) -> dict:
     return row
 
 
-def read_jsonl(path: str | Path, columns: dict | None = None, limit: int | None = None) -> list[dict]:
+def iter_jsonl(path: str | Path):
+    """(object, "file:line") for each non-blank line of a JSONL file; a bad line is a DataError naming it."""
     path = Path(path).expanduser()
-    if not path.is_file():
+    if not path.is_file():  # checked at the call, not at the first line read
         raise FileNotFoundError(f"{path}: no such JSONL file")
-    rows = []
+    return _jsonl_lines(path)
+
+
+def _jsonl_lines(path: Path):
     with path.open(encoding="utf-8") as f:
         for lineno, line in enumerate(f, start=1):
             if not line.strip():
@@ -64,11 +68,17 @@ def read_jsonl(path: str | Path, columns: dict | None = None, limit: int | None 
                 raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
             if not isinstance(raw, dict):
                 raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(raw).__name__}")
-            rows.append(_normalize(raw, columns or {}, f"{path}:{lineno}"))
-            if limit is not None and len(rows) >= limit:
-                break
+            yield raw, f"{path}:{lineno}"
+
+
+def read_jsonl(path: str | Path, columns: dict | None = None, limit: int | None = None) -> list[dict]:
+    rows = []
+    for raw, where in iter_jsonl(path):
+        rows.append(_normalize(raw, columns or {}, where))
+        if limit is not None and len(rows) >= limit:
+            break
     if not rows:
-        raise DataError(f"{path}: the file holds no rows")
+        raise DataError(f"{Path(path).expanduser()}: the file holds no rows")
     return rows
 
 
@@ -104,24 +114,14 @@ def load_records(source) -> list[dict]:
     if source.kind == "jsonl" or is_local_file(source):
         if not source.path:
             raise DataError("source.path is required for source.kind=jsonl")
-        path = Path(source.path).expanduser()
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: no such JSONL file")
         raws, wheres = [], []
-        with path.open(encoding="utf-8") as f:
-            for lineno, line in enumerate(f, start=1):
-                if n is not None and len(raws) >= n:
-                    break
-                if not line.strip():
-                    continue
-                try:
-                    raw = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
-                if not isinstance(raw, dict):
-                    raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(raw).__name__}")
-                raws.append(raw)
-                wheres.append(f"{path}:{lineno}")
+        lines = iter_jsonl(source.path)
+        while n is None or len(raws) < n:  # stop before reading (and judging) a line past the limit
+            raw, where = next(lines, (None, None))
+            if raw is None:
+                break
+            raws.append(raw)
+            wheres.append(where)
     elif source.kind == "hf":
         if not source.path:
             raise DataError("source.path (a Hugging Face dataset id) is required for source.kind=hf")
