@@ -148,3 +148,36 @@ def test_exact_match_rejects_mismatched_lengths():
         exact_match(["Paris", "Lyon"], ["Paris"])
     with pytest.raises(ValueError):
         exact_match_per_item(["Paris"], ["Paris", "Lyon"])
+
+
+def _lcs_by_table(a, b) -> int:
+    """The textbook dynamic programme, written out independently."""
+    table = [[0] * (len(b) + 1) for _ in range(len(a) + 1)]
+    for i in range(1, len(a) + 1):
+        for j in range(1, len(b) + 1):
+            table[i][j] = table[i - 1][j - 1] + 1 if a[i - 1] == b[j - 1] else max(table[i - 1][j], table[i][j - 1])
+    return table[-1][-1]
+
+
+def test_bit_parallel_lcs_equals_the_dynamic_programme_on_random_sequences():
+    from kdbench.evaluation.metrics import lcs_length
+
+    rng = random.Random(0)
+    for _ in range(400):
+        alphabet = rng.choice([2, 3, 5, 20])
+        a = [rng.randrange(alphabet) for _ in range(rng.randrange(0, 90))]
+        b = [rng.randrange(alphabet) for _ in range(rng.randrange(0, 90))]
+        assert lcs_length(a, b) == _lcs_by_table(a, b) == lcs_length(b, a)
+    assert lcs_length("abcbdab", "bdcaba") == 4  # CLRS's example
+    assert lcs_length([], [1, 2]) == 0
+
+
+def test_rouge_l_equals_rouge_score_exactly_on_every_dollyeval_pair_shape():
+    """Long against short, empty, punctuation only, repeated words: the same float as rouge_score, not approximately."""
+    rows = load_rows("dollyeval_minillm_500.jsonl", 60)
+    refs = [r["output"] for r in rows]
+    preds = [refs[(i + 7) % 60][: (i * 37) % 400] for i in range(60)] + ["", "!!!", "the the the the", refs[3] * 3]
+    refs = refs + refs[:4]
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    expected = [100.0 * scorer.score(r, p)["rougeL"].fmeasure for r, p in zip(refs, preds)]
+    assert rouge_l_per_item(preds, refs) == expected

@@ -38,7 +38,8 @@ def generate(model, tokenizer, prompts: list[str], settings, max_prompt_length: 
 
     t0 = time.perf_counter()
     max_new = max_new_tokens or settings.max_new_tokens
-    ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    # One batched call: the fast tokenizer encodes a list in Rust, per-prompt calls pay Python overhead each.
+    ids = list(tokenizer(list(prompts), add_special_tokens=False)["input_ids"]) if prompts else []
     n_truncated = sum(len(x) > max_prompt_length for x in ids)
     ids = [left_truncate(x, max_prompt_length) for x in ids]
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
