@@ -61,6 +61,20 @@ def test_two_seeds_mean_and_sample_std(tmp_path):
     assert "20.0 ± 0.0" in md
 
 
+def test_training_run_and_its_later_eval_join_into_one_row(tmp_path, caplog):
+    """kdbench trains and scores the embedded test split; kdbench-eval of the same model adds DollyEval: one row,
+    one seed, both sets' columns; a metric both report with different values keeps the first and warns."""
+    write_result(tmp_path, "a_train", metrics={RL: 40.0, EM: 20.0})
+    write_result(tmp_path, "b_eval", metrics={RL: 41.0, "dollyeval/rouge_l": 12.5})
+    with caplog.at_level(logging.WARNING):
+        table = table_for(tmp_path)
+    row = table.row("kd", "tiny")
+    assert row.n_seeds == 1
+    assert row.cells[RL].mean == 40.0 and row.cells[RL].n == 1
+    assert row.cells["dollyeval/rouge_l"].mean == 12.5 and row.cells[EM].mean == 20.0
+    assert "already has embedded_test/rouge_l" in caplog.text
+
+
 def test_single_seed_has_no_std(tmp_path):
     write_result(tmp_path, "a", metrics={RL: 40.04, EM: 20.0})
     table = table_for(tmp_path)

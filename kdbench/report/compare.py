@@ -96,8 +96,16 @@ def build_table(results: list[dict], metrics: list[str] | None = None) -> Table:
 
         seeds = groups.setdefault((method, student), {})
         if seed in seeds:
-            logger.warning("%s: duplicate run for method=%s student=%s seed=%s; keeping the first",
-                           where, method, student, seed)
+            # The same model twice: typically its training run and a later `kdbench-eval` of it with a larger
+            # suite. Their metrics join into one row; a metric both report keeps the first value, and a clash
+            # is said out loud (never averaged: that would count one seed twice).
+            known = seeds[seed]
+            clashes = sorted(k for k, v in values.items() if k in known and known[k] != v)
+            if clashes:
+                logger.warning("%s: method=%s student=%s seed=%s already has %s with other values; keeping the "
+                               "first", where, method, student, seed, ", ".join(clashes[:5]))
+            for k, v in values.items():
+                known.setdefault(k, v)
         else:
             seeds[seed] = values
         params = labels.get("student_params")
