@@ -11,15 +11,13 @@ W&B run. `model` on the command line is the `student` group under another name (
 from __future__ import annotations
 
 import logging
-import os
 import re
 import sys
 import time
 from pathlib import Path
 
 import hydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from kdbench.paths import conf_dir
 
@@ -56,27 +54,16 @@ def load_evaluated(cfg, cache_dir: Path, teacher_tokenizer=None):
 
 
 def run_eval(cfg: DictConfig) -> dict:
-    import torch
-
     from kdbench.models.resolve import load_teacher
     from kdbench.report.run_table import print_run_table
-    from kdbench.schema import validate
-    from kdbench.tracking.results import build_record, finished_run, write_results
-    from kdbench.train import _threads
+    from kdbench.tracking.results import build_record, write_results
+    from kdbench.train import begin_run
 
     t_start = time.perf_counter()
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
-    cell = HydraConfig.get().job.override_dirname or "default"
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    done = finished_run(run_dir, resolved, cfg.force, log)
-    if done is not None:
-        print_run_table(done)
-        return done
-
-    validate(cfg)
-    torch.set_num_threads(_threads(cfg))
-    torch.manual_seed(cfg.seed)
-    cache_dir = Path(os.path.expanduser(cfg.paths.cache_dir))
+    start = begin_run(cfg)
+    if start.done is not None:
+        return start.done
+    run_dir, cell, resolved, cache_dir = start.run_dir, start.cell, start.resolved, start.cache_dir
     e = cfg.eval
     needs_teacher = e.teacher or e.agreement.enabled or e.exposure_bias.enabled
     teacher = load_teacher(cfg, cache_dir, cfg.trainer.progress) if needs_teacher else None

@@ -10,6 +10,7 @@ import logging
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import hydra
@@ -36,28 +37,49 @@ def _threads(cfg) -> int:
     return cores
 
 
-def run(cfg: DictConfig) -> dict:
+@dataclass
+class RunStart:
+    run_dir: Path
+    cell: str
+    resolved: dict
+    cache_dir: Path
+    done: dict | None  # the finished run's record when this cell is already complete (printed, not redone)
+
+
+def begin_run(cfg: DictConfig) -> RunStart:
+    """What every run (kdbench, kdbench-eval) does first: find its cell's folder, skip the cell if its results.json
+    is complete for the same config, else validate the config, set threads and seed."""
     import torch
 
-    from kdbench.models.compat import check_distillable
-    from kdbench.models.resolve import load_student, load_teacher
     from kdbench.report.run_table import print_run_table
     from kdbench.schema import validate
-    from kdbench.tracking.results import build_record, finished_run, write_results
+    from kdbench.tracking.results import finished_run
 
-    t_start = time.perf_counter()
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
-    cell = HydraConfig.get().job.override_dirname or "default"
+    hc = HydraConfig.get()
+    run_dir = Path(hc.runtime.output_dir)
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    done = finished_run(run_dir, resolved, cfg.force, log)
-    if done is not None:
-        print_run_table(done)
-        return done
-
+    start = RunStart(run_dir, hc.job.override_dirname or "default", resolved,
+                     Path(os.path.expanduser(cfg.paths.cache_dir)), finished_run(run_dir, resolved, cfg.force, log))
+    if start.done is not None:
+        print_run_table(start.done)
+        return start
     validate(cfg)
     torch.set_num_threads(_threads(cfg))
     torch.manual_seed(cfg.seed)
-    cache_dir = Path(os.path.expanduser(cfg.paths.cache_dir))
+    return start
+
+
+def run(cfg: DictConfig) -> dict:
+    from kdbench.models.compat import check_distillable
+    from kdbench.models.resolve import load_student, load_teacher
+    from kdbench.report.run_table import print_run_table
+    from kdbench.tracking.results import build_record, write_results
+
+    t_start = time.perf_counter()
+    start = begin_run(cfg)
+    if start.done is not None:
+        return start.done
+    run_dir, cell, resolved, cache_dir = start.run_dir, start.cell, start.resolved, start.cache_dir
     method = cfg.method
     whitebox = (method.divergence is not None and method.alpha > 0) or method.hidden.weight > 0
 
