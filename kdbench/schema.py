@@ -122,10 +122,32 @@ class HiddenConfig:
     layer_map: Optional[List[int]] = None
 
 
+METHOD_KINDS = ("offline", "seqkd")
+
+
+@dataclass
+class SeqKDConfig:
+    """Sequence-level KD (Kim & Rush 2016): the teacher answers the training prompts once (content-keyed cache,
+    shared by every run and sweep cell with the same teacher, prompts and settings), the student is fine-tuned on
+    those answers. Text goes between the two, so their tokenizers may differ."""
+    # How many training prompts the teacher answers: null = as many rows as the step budget reads
+    # (trainer.max_steps x trainer.batch_size), at most the whole train split.
+    max_prompts: Optional[int] = None
+    # The teacher's decoding: greedy (Kim & Rush's beam-1 approximation of the mode) by default.
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    max_new_tokens: int = 128
+    batch_size: int = 64
+    seed: int = 0
+
+
 @dataclass
 class MethodConfig:
     name: str = MISSING
-    # offline: a divergence to the teacher on the data's own responses (sft is the case with no divergence).
+    # offline: a divergence to the teacher on the data's own responses (sft is the case with no divergence);
+    # seqkd: fine-tuning on the teacher's generated responses (black-box: `seqkd` below, no divergence).
     kind: str = "offline"
     # A function name in kdbench.losses (forward_kl, ...); null trains on ground truth only.
     divergence: Optional[str] = None
@@ -142,6 +164,7 @@ class MethodConfig:
     chunk_size: Optional[int] = None
     chunk_elements: int = 4194304
     hidden: HiddenConfig = field(default_factory=HiddenConfig)
+    seqkd: SeqKDConfig = field(default_factory=SeqKDConfig)
 
 
 @dataclass
@@ -389,7 +412,16 @@ def _check_divergence_hp(fn, hp: dict, name: str) -> None:
 def validate(cfg: Any) -> None:
     """Range checks that the type system cannot express. Called when a run starts."""
     m = cfg.method
-    _check(m.kind in ("offline",), "method.kind", m.kind, "known kinds: offline")
+    _check(m.kind in METHOD_KINDS, "method.kind", m.kind, f"known kinds: {', '.join(METHOD_KINDS)}")
+    if m.kind == "seqkd":
+        _check(m.divergence is None and m.alpha == 0 and m.hidden.weight == 0, "method.kind", m.kind,
+               "seqkd trains on the teacher's generated text only: set divergence null, alpha 0, hidden.weight 0")
+        q = m.seqkd
+        _check(q.max_prompts is None or q.max_prompts > 0, "method.seqkd.max_prompts", q.max_prompts,
+               "must be > 0 (or null: what the step budget reads)")
+        _check(q.max_new_tokens > 0, "method.seqkd.max_new_tokens", q.max_new_tokens, "must be > 0")
+        _check(q.batch_size > 0, "method.seqkd.batch_size", q.batch_size, "must be > 0")
+        _check(q.temperature > 0, "method.seqkd.temperature", q.temperature, "must be > 0")
     _check(m.temperature > 0, "method.temperature", m.temperature, "must be > 0")
     _check(0.0 <= m.alpha <= 1.0, "method.alpha", m.alpha, "a mixing weight must lie in [0, 1]")
     if m.divergence is not None:

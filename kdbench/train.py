@@ -83,7 +83,9 @@ def run(cfg: DictConfig) -> dict:
     method = cfg.method
     whitebox = (method.divergence is not None and method.alpha > 0) or method.hidden.weight > 0
 
-    teacher = load_teacher(cfg, cache_dir, cfg.trainer.progress) if (whitebox or cfg.eval.teacher) else None
+    seqkd = method.kind == "seqkd"
+    needs_teacher = whitebox or seqkd or cfg.eval.teacher
+    teacher = load_teacher(cfg, cache_dir, cfg.trainer.progress) if needs_teacher else None
     student = load_student(cfg, cache_dir, teacher.tokenizer if teacher else None)
     vocab_size = len(student.tokenizer)
     if whitebox:
@@ -107,6 +109,14 @@ def run(cfg: DictConfig) -> dict:
     try:
         train_rows = load_rows(cfg.data.train, cfg.data.embedded)
         val_rows = load_rows(cfg.data.validation, cfg.data.embedded)
+        seqkd_data = None
+        if seqkd:  # the student learns the teacher's answers instead of the ground truth (validation keeps it)
+            from kdbench.methods.seqkd import prompts_needed, teacher_answers
+
+            n = prompts_needed(method.seqkd, cfg.trainer.max_steps, cfg.trainer.batch_size, len(train_rows))
+            seqkd_data = teacher_answers(train_rows[:n], teacher, method.seqkd, cfg.data.max_prompt_length,
+                                         str(cache_dir), cfg.trainer.progress)
+            train_rows = seqkd_data.rows
         dm = InstructionDataModule(train_rows, val_rows, student.tokenizer, cfg.trainer.batch_size, cfg.seed,
                                    cfg.data.max_prompt_length, cfg.data.max_response_length)
         module = OfflineDistillation(student.model, teacher.model if whitebox else None, method, cfg.trainer.optim,
@@ -146,7 +156,8 @@ def run(cfg: DictConfig) -> dict:
                    "truncated_prompts": dm.train_set.n_truncated},
             cost={"train_tokens": module.tokens_seen,
                   "teacher_forward_tokens": module.tokens_seen if whitebox else 0,
-                  "generated_tokens": suite.new_tokens, "eval_seconds": round(eval_seconds, 1)},
+                  "generated_tokens": suite.new_tokens, "eval_seconds": round(eval_seconds, 1),
+                  **(_seqkd_cost(seqkd_data) if seqkd_data else {})},
             samples=suite.samples, config=resolved, seed=cfg.seed,
             wall_time_s=time.perf_counter() - t_start,
             artifacts={"run_dir": str(run_dir), "wandb_dir": str(run_dir / "wandb") if logger else None,
@@ -159,6 +170,13 @@ def run(cfg: DictConfig) -> dict:
         finish(logger)
     print_run_table(record)
     return record
+
+
+def _seqkd_cost(data) -> dict:
+    """What the teacher's answers cost (0 seconds when they came from the cache: the cost was paid once)."""
+    return {"teacher_generated_tokens": data.generated_tokens, "teacher_prompts": data.n_prompts,
+            "teacher_empty_answers": data.n_empty, "teacher_generation_seconds": round(data.seconds, 1),
+            "teacher_generation_cached": data.cache_hit}
 
 
 FAILED_FILE = "failed.txt"
