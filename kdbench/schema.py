@@ -122,7 +122,7 @@ class HiddenConfig:
     layer_map: Optional[List[int]] = None
 
 
-METHOD_KINDS = ("offline", "seqkd")
+METHOD_KINDS = ("offline", "seqkd", "onpolicy")
 
 
 @dataclass
@@ -144,10 +144,22 @@ class SeqKDConfig:
 
 
 @dataclass
+class OnPolicyConfig:
+    """On-policy steps (GKD): with probability `lmbda` a step trains on the student's own samples for the batch's
+    prompts instead of the data's responses. Defaults: TRL's GKDTrainer."""
+    lmbda: float = 0.5
+    temperature: float = 0.9
+    top_p: float = 1.0
+    top_k: int = 0
+    max_new_tokens: int = 128
+
+
+@dataclass
 class MethodConfig:
     name: str = MISSING
     # offline: a divergence to the teacher on the data's own responses (sft is the case with no divergence);
-    # seqkd: fine-tuning on the teacher's generated responses (black-box: `seqkd` below, no divergence).
+    # seqkd: fine-tuning on the teacher's generated responses (black-box: `seqkd` below, no divergence);
+    # onpolicy: the divergence, on the student's own samples with probability onpolicy.lmbda (GKD).
     kind: str = "offline"
     # A function name in kdbench.losses (forward_kl, ...); null trains on ground truth only.
     divergence: Optional[str] = None
@@ -165,6 +177,7 @@ class MethodConfig:
     chunk_elements: int = 4194304
     hidden: HiddenConfig = field(default_factory=HiddenConfig)
     seqkd: SeqKDConfig = field(default_factory=SeqKDConfig)
+    onpolicy: OnPolicyConfig = field(default_factory=OnPolicyConfig)
 
 
 @dataclass
@@ -422,6 +435,13 @@ def validate(cfg: Any) -> None:
         _check(q.max_new_tokens > 0, "method.seqkd.max_new_tokens", q.max_new_tokens, "must be > 0")
         _check(q.batch_size > 0, "method.seqkd.batch_size", q.batch_size, "must be > 0")
         _check(q.temperature > 0, "method.seqkd.temperature", q.temperature, "must be > 0")
+    if m.kind == "onpolicy":
+        _check(m.divergence is not None and m.alpha > 0, "method.kind", m.kind,
+               "on-policy distillation needs a divergence to the teacher (method.divergence, alpha > 0)")
+        o = m.onpolicy
+        _check(0.0 <= o.lmbda <= 1.0, "method.onpolicy.lmbda", o.lmbda, "a probability must lie in [0, 1]")
+        _check(o.temperature > 0, "method.onpolicy.temperature", o.temperature, "must be > 0")
+        _check(o.max_new_tokens > 0, "method.onpolicy.max_new_tokens", o.max_new_tokens, "must be > 0")
     _check(m.temperature > 0, "method.temperature", m.temperature, "must be > 0")
     _check(0.0 <= m.alpha <= 1.0, "method.alpha", m.alpha, "a mixing weight must lie in [0, 1]")
     if m.divergence is not None:

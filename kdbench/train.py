@@ -119,8 +119,16 @@ def run(cfg: DictConfig) -> dict:
             train_rows = seqkd_data.rows
         dm = InstructionDataModule(train_rows, val_rows, student.tokenizer, cfg.trainer.batch_size, cfg.seed,
                                    cfg.data.max_prompt_length, cfg.data.max_response_length)
-        module = OfflineDistillation(student.model, teacher.model if whitebox else None, method, cfg.trainer.optim,
-                                     cfg.trainer.max_steps, vocab_size, cfg.trainer.micro_batch_size)
+        if method.kind == "onpolicy":
+            from kdbench.methods.onpolicy import OnPolicyDistillation
+
+            module = OnPolicyDistillation(student.model, teacher.model, method, cfg.trainer.optim,
+                                          cfg.trainer.max_steps, vocab_size, student.tokenizer.pad_token_id,
+                                          student.tokenizer.eos_token_id, cfg.seed, cfg.trainer.micro_batch_size)
+        else:
+            module = OfflineDistillation(student.model, teacher.model if whitebox else None, method,
+                                         cfg.trainer.optim, cfg.trainer.max_steps, vocab_size,
+                                         cfg.trainer.micro_batch_size)
         probe = dm.probe_batch()
         check_head_path(student.model, probe)
         if whitebox:
@@ -157,7 +165,9 @@ def run(cfg: DictConfig) -> dict:
             cost={"train_tokens": module.tokens_seen,
                   "teacher_forward_tokens": module.tokens_seen if whitebox else 0,
                   "generated_tokens": suite.new_tokens, "eval_seconds": round(eval_seconds, 1),
-                  **(_seqkd_cost(seqkd_data) if seqkd_data else {})},
+                  **(_seqkd_cost(seqkd_data) if seqkd_data else {}),
+                  **({"student_generated_tokens": module.generated_tokens, "onpolicy_steps": module.onpolicy_steps}
+                     if method.kind == "onpolicy" else {})},
             samples=suite.samples, config=resolved, seed=cfg.seed,
             wall_time_s=time.perf_counter() - t_start,
             artifacts={"run_dir": str(run_dir), "wandb_dir": str(run_dir / "wandb") if logger else None,

@@ -1,0 +1,128 @@
+"""On-policy distillation (GKD): prompts recovered from a training batch, the student's samples turned into a
+training batch, the lambda coin, and a short run in which the held-out divergence to the teacher falls."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from kdbench.data.datamodule import IGNORE, InstructionDataModule, collate
+from kdbench.data.embedded import SplitSizes, generate_splits
+from kdbench.data.template import render_prompt
+from kdbench.losses import generalized_jsd
+from kdbench.methods.fit import fit, make_trainer
+from kdbench.methods.offline import OfflineDistillation, response_logits
+from kdbench.methods.onpolicy import OnPolicyDistillation, prompts_of_batch, sampling_settings, student_batch
+from kdbench.models.loading import build_from_arch, freeze
+from kdbench.models.tokenizer import train_bpe_tokenizer
+from kdbench.schema import ArchConfig, MethodConfig, OnPolicyConfig, TrainerConfig
+
+ROWS = generate_splits(sizes=SplitSizes(train=300, validation=32, test=8))
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return train_bpe_tokenizer([render_prompt(r["instruction"], r["input"]) + r["output"] for r in ROWS["train"]],
+                               vocab_size=400)
+
+
+def _model(tok, seed, hidden=32):
+    return build_from_arch(ArchConfig(hidden_size=hidden, num_layers=1, num_heads=2, intermediate_size=64), tok, seed)
+
+
+def _trainer_cfg(steps):
+    cfg = OmegaConf.structured(TrainerConfig(max_steps=steps, batch_size=16, val_every=steps, val_batches=1,
+                                             progress=False))
+    cfg.optim.lr = 1e-2
+    cfg.optim.warmup_steps = 5
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def teacher(tokenizer):
+    model = _model(tokenizer, seed=1, hidden=48)
+    cfg = _trainer_cfg(120)
+    dm = InstructionDataModule(ROWS["train"], ROWS["validation"], tokenizer, 16, seed=1)
+    fit(OfflineDistillation(model, None, OmegaConf.structured(MethodConfig(name="sft")), cfg.optim, 120,
+                            len(tokenizer)), dm, make_trainer(cfg, 120))
+    return freeze(model)
+
+
+def _gkd(lmbda: float) -> object:
+    return OmegaConf.structured(MethodConfig(name="gkd", kind="onpolicy", divergence="generalized_jsd",
+                                             divergence_hp={"beta": 0.5}, alpha=1.0,
+                                             onpolicy=OnPolicyConfig(lmbda=lmbda, max_new_tokens=24)))
+
+
+def test_prompts_of_batch_recovers_each_rows_prompt():
+    items = [{"prompt_ids": [5, 6, 7], "response_ids": [8, 2]}, {"prompt_ids": [9], "response_ids": [10, 11, 2]}]
+    batch = collate(items, pad_id=1)
+    assert prompts_of_batch(batch) == [[5, 6, 7], [9]]
+
+
+def test_student_batch_puts_the_samples_after_the_prompts(tokenizer):
+    student = _model(tokenizer, seed=0)
+    prompts = [tokenizer(render_prompt(r["instruction"], r["input"]))["input_ids"] for r in ROWS["validation"][:6]]
+    settings = sampling_settings(OnPolicyConfig(max_new_tokens=12), batch_size=4, seed=3)
+    batch, n_new = student_batch(student, prompts, settings, tokenizer.pad_token_id, tokenizer.eos_token_id)
+    assert n_new > 0
+    assert prompts_of_batch(batch) == prompts  # the prompts are untouched, the responses are the labels
+    for j, p in enumerate(prompts):
+        labels = batch["labels"][j]
+        assert (labels[:len(p)] == IGNORE).all()
+        n_resp = int((labels != IGNORE).sum())
+        assert 1 <= n_resp <= 12
+    # Seeded: the same settings give the same samples.
+    again, _ = student_batch(student, prompts, settings, tokenizer.pad_token_id, tokenizer.eos_token_id)
+    assert torch.equal(again["input_ids"], batch["input_ids"])
+
+
+def _jsd_on_own_samples(student, teacher, tokenizer) -> float:
+    """GKD's objective, held out: the generalized JSD to the teacher at the positions of the student's own samples
+    (fixed seed) for the validation prompts."""
+    prompts = [tokenizer(render_prompt(r["instruction"], r["input"]))["input_ids"] for r in ROWS["validation"]]
+    settings = sampling_settings(OnPolicyConfig(max_new_tokens=24), batch_size=32, seed=5)
+    batch, _ = student_batch(student, prompts, settings, tokenizer.pad_token_id, tokenizer.eos_token_id)
+    with torch.no_grad():
+        s, _ = response_logits(student, batch, len(tokenizer))
+        t, _ = response_logits(teacher, batch, len(tokenizer))
+    return float(generalized_jsd(s, t, beta=0.5).mean())
+
+
+def test_gkd_moves_the_student_toward_the_teacher_on_its_own_samples(tokenizer, teacher):
+    """Warm-started with a few sft steps, as GKD starts (a random student's samples are noise the teacher can say
+    little about), then 30 steps with lambda = 1 (every step on the student's own samples) and lambda = 0 (every
+    step on the data, no sampling). Both lower the held-out JSD on the student's own samples; on-policy more."""
+    torch.manual_seed(0)
+    dm = InstructionDataModule(ROWS["train"], ROWS["validation"], tokenizer, 16, seed=0)
+    warm = _model(tokenizer, seed=0)
+    fit(OfflineDistillation(warm, None, OmegaConf.structured(MethodConfig(name="sft")), _trainer_cfg(20).optim, 20,
+                            len(tokenizer)), dm, make_trainer(_trainer_cfg(20), 20))
+    before = _jsd_on_own_samples(warm, teacher, tokenizer)
+    after = {}
+    for lmbda in (0.0, 1.0):
+        student = copy.deepcopy(warm)
+        module = OnPolicyDistillation(student, teacher, _gkd(lmbda), _trainer_cfg(30).optim, 30, len(tokenizer),
+                                      tokenizer.pad_token_id, tokenizer.eos_token_id, seed=0)
+        fit(module, dm, make_trainer(_trainer_cfg(30), 30))
+        after[lmbda] = _jsd_on_own_samples(student, teacher, tokenizer)
+        if lmbda == 1.0:
+            assert module.onpolicy_steps == 30 and module.generated_tokens > 0
+        else:
+            assert module.onpolicy_steps == 0 and module.generated_tokens == 0
+    assert after[0.0] < 0.9 * before and after[1.0] < 0.8 * before, (before, after)
+    assert after[1.0] < after[0.0], after  # on-policy steps target exactly these prefixes
+    assert all(not p.requires_grad for p in teacher.parameters())
+
+
+def test_the_lambda_coin_is_seeded_and_fair(tokenizer, teacher):
+    def coins(seed):
+        m = OnPolicyDistillation(_model(tokenizer, seed=0), teacher, _gkd(0.5), _trainer_cfg(1).optim, 1,
+                                 len(tokenizer), tokenizer.pad_token_id, tokenizer.eos_token_id, seed=seed)
+        return [m._coin.random() < 0.5 for _ in range(400)]
+
+    assert coins(0) == coins(0) and coins(0) != coins(1)
+    assert 160 < sum(coins(0)) < 240
