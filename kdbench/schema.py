@@ -122,7 +122,7 @@ class HiddenConfig:
     layer_map: Optional[List[int]] = None
 
 
-METHOD_KINDS = ("offline", "seqkd", "onpolicy")
+METHOD_KINDS = ("offline", "seqkd", "onpolicy", "distillm")
 
 
 @dataclass
@@ -155,11 +155,28 @@ class OnPolicyConfig:
 
 
 @dataclass
+class DistiLLMConfig:
+    """DistiLLM's adaptive off-policy student outputs (kdbench.methods.distillm); defaults: the official code."""
+    init_threshold: float = 0.0
+    # The threshold rises by threshold_step when validation CE is >= loss_eps above the reference.
+    threshold_step: float = 0.1
+    loss_eps: float = 0.1
+    capacity: int = 1000
+    # How the chance of fresh samples (vs replayed ones) moves over training: decreasing, increasing, constant.
+    replay_ratio: str = "decreasing"
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    max_new_tokens: int = 128
+
+
+@dataclass
 class MethodConfig:
     name: str = MISSING
     # offline: a divergence to the teacher on the data's own responses (sft is the case with no divergence);
     # seqkd: fine-tuning on the teacher's generated responses (black-box: `seqkd` below, no divergence);
-    # onpolicy: the divergence, on the student's own samples with probability onpolicy.lmbda (GKD).
+    # onpolicy: the divergence, on the student's own samples with probability onpolicy.lmbda (GKD);
+    # distillm: the divergence, on student samples (fresh or replayed) as often as validation loss asks (DistiLLM).
     kind: str = "offline"
     # A function name in kdbench.losses (forward_kl, ...); null trains on ground truth only.
     divergence: Optional[str] = None
@@ -178,6 +195,7 @@ class MethodConfig:
     hidden: HiddenConfig = field(default_factory=HiddenConfig)
     seqkd: SeqKDConfig = field(default_factory=SeqKDConfig)
     onpolicy: OnPolicyConfig = field(default_factory=OnPolicyConfig)
+    distillm: DistiLLMConfig = field(default_factory=DistiLLMConfig)
 
 
 @dataclass
@@ -435,9 +453,18 @@ def validate(cfg: Any) -> None:
         _check(q.max_new_tokens > 0, "method.seqkd.max_new_tokens", q.max_new_tokens, "must be > 0")
         _check(q.batch_size > 0, "method.seqkd.batch_size", q.batch_size, "must be > 0")
         _check(q.temperature > 0, "method.seqkd.temperature", q.temperature, "must be > 0")
-    if m.kind == "onpolicy":
+    if m.kind in ("onpolicy", "distillm"):
         _check(m.divergence is not None and m.alpha > 0, "method.kind", m.kind,
-               "on-policy distillation needs a divergence to the teacher (method.divergence, alpha > 0)")
+               "distillation on student outputs needs a divergence to the teacher (method.divergence, alpha > 0)")
+    if m.kind == "distillm":
+        d = m.distillm
+        _check(0.0 <= d.init_threshold <= 1.0, "method.distillm.init_threshold", d.init_threshold, "must lie in [0, 1]")
+        _check(d.capacity > 0, "method.distillm.capacity", d.capacity, "must be > 0")
+        _check(d.replay_ratio in ("decreasing", "increasing", "constant"), "method.distillm.replay_ratio",
+               d.replay_ratio, "use decreasing, increasing or constant")
+        _check(d.temperature > 0, "method.distillm.temperature", d.temperature, "must be > 0")
+        _check(d.max_new_tokens > 0, "method.distillm.max_new_tokens", d.max_new_tokens, "must be > 0")
+    if m.kind == "onpolicy":
         o = m.onpolicy
         _check(0.0 <= o.lmbda <= 1.0, "method.onpolicy.lmbda", o.lmbda, "a probability must lie in [0, 1]")
         _check(o.temperature > 0, "method.onpolicy.temperature", o.temperature, "must be > 0")

@@ -119,12 +119,14 @@ def run(cfg: DictConfig) -> dict:
             train_rows = seqkd_data.rows
         dm = InstructionDataModule(train_rows, val_rows, student.tokenizer, cfg.trainer.batch_size, cfg.seed,
                                    cfg.data.max_prompt_length, cfg.data.max_response_length)
-        if method.kind == "onpolicy":
+        if method.kind in ("onpolicy", "distillm"):  # methods that sample from the student while training
+            from kdbench.methods.distillm import DistiLLMDistillation
             from kdbench.methods.onpolicy import OnPolicyDistillation
 
-            module = OnPolicyDistillation(student.model, teacher.model, method, cfg.trainer.optim,
-                                          cfg.trainer.max_steps, vocab_size, student.tokenizer.pad_token_id,
-                                          student.tokenizer.eos_token_id, cfg.seed, cfg.trainer.micro_batch_size)
+            kind = OnPolicyDistillation if method.kind == "onpolicy" else DistiLLMDistillation
+            module = kind(student.model, teacher.model, method, cfg.trainer.optim, cfg.trainer.max_steps, vocab_size,
+                          student.tokenizer.pad_token_id, student.tokenizer.eos_token_id, cfg.seed,
+                          cfg.trainer.micro_batch_size)
         else:
             module = OfflineDistillation(student.model, teacher.model if whitebox else None, method,
                                          cfg.trainer.optim, cfg.trainer.max_steps, vocab_size,
@@ -166,8 +168,7 @@ def run(cfg: DictConfig) -> dict:
                   "teacher_forward_tokens": module.tokens_seen if whitebox else 0,
                   "generated_tokens": suite.new_tokens, "eval_seconds": round(eval_seconds, 1),
                   **(_seqkd_cost(seqkd_data) if seqkd_data else {}),
-                  **({"student_generated_tokens": module.generated_tokens, "onpolicy_steps": module.onpolicy_steps}
-                     if method.kind == "onpolicy" else {})},
+                  **_student_sampling_cost(module)},
             samples=suite.samples, config=resolved, seed=cfg.seed,
             wall_time_s=time.perf_counter() - t_start,
             artifacts={"run_dir": str(run_dir), "wandb_dir": str(run_dir / "wandb") if logger else None,
@@ -187,6 +188,19 @@ def _seqkd_cost(data) -> dict:
     return {"teacher_generated_tokens": data.generated_tokens, "teacher_prompts": data.n_prompts,
             "teacher_empty_answers": data.n_empty, "teacher_generation_seconds": round(data.seconds, 1),
             "teacher_generation_cached": data.cache_hit}
+
+
+def _student_sampling_cost(module) -> dict:
+    """What sampling from the student cost, and how the steps split between sampled and data batches."""
+    if not hasattr(module, "generated_tokens"):
+        return {}
+    out = {"student_generated_tokens": module.generated_tokens}
+    if hasattr(module, "onpolicy_steps"):
+        out["onpolicy_steps"] = module.onpolicy_steps
+    if hasattr(module, "counts"):  # DistiLLM: fresh samples, replayed samples, data
+        out.update({f"{k}_steps": v for k, v in module.counts.items()},
+                   final_student_data_probability=module.threshold.value)
+    return out
 
 
 FAILED_FILE = "failed.txt"

@@ -218,6 +218,7 @@ class OfflineDistillation(L.LightningModule):
         for k in ("kd", "hidden"):
             if k in sums:
                 self.log(f"val/{k}", sums[k] / n, batch_size=bs)
+        return sums
 
     def configure_optimizers(self):
         o = self.optim_cfg
