@@ -122,7 +122,7 @@ class HiddenConfig:
     layer_map: Optional[List[int]] = None
 
 
-METHOD_KINDS = ("offline", "seqkd", "onpolicy", "distillm")
+METHOD_KINDS = ("offline", "seqkd", "onpolicy", "distillm", "minillm")
 
 
 @dataclass
@@ -171,12 +171,33 @@ class DistiLLMConfig:
 
 
 @dataclass
+class MiniLLMConfig:
+    """MiniLLM's policy gradient (kdbench.methods.minillm). Defaults: the official code; see that module for the
+    paper's values of gamma, return_includes_current, whiten_advantages (and method.alpha, the pretraining
+    kd_ratio)."""
+    teacher_mixed_alpha: float = 0.2
+    temperature: float = 1.0
+    max_new_tokens: int = 128
+    ppo_epochs: int = 4
+    cliprange: float = 0.2
+    reward_scaling: float = 0.5
+    cliprange_reward: float = 100.0
+    gamma: float = 0.95
+    return_includes_current: bool = True
+    whiten_advantages: bool = True
+    length_norm: bool = True
+    single_step_reg: bool = True
+    lm_coef: float = 1.0
+
+
+@dataclass
 class MethodConfig:
     name: str = MISSING
     # offline: a divergence to the teacher on the data's own responses (sft is the case with no divergence);
     # seqkd: fine-tuning on the teacher's generated responses (black-box: `seqkd` below, no divergence);
     # onpolicy: the divergence, on the student's own samples with probability onpolicy.lmbda (GKD);
-    # distillm: the divergence, on student samples (fresh or replayed) as often as validation loss asks (DistiLLM).
+    # distillm: the divergence, on student samples (fresh or replayed) as often as validation loss asks (DistiLLM);
+    # minillm: reverse-KL policy gradient on teacher-mixed samples plus a pretraining term (MiniLLM).
     kind: str = "offline"
     # A function name in kdbench.losses (forward_kl, ...); null trains on ground truth only.
     divergence: Optional[str] = None
@@ -196,6 +217,7 @@ class MethodConfig:
     seqkd: SeqKDConfig = field(default_factory=SeqKDConfig)
     onpolicy: OnPolicyConfig = field(default_factory=OnPolicyConfig)
     distillm: DistiLLMConfig = field(default_factory=DistiLLMConfig)
+    minillm: MiniLLMConfig = field(default_factory=MiniLLMConfig)
 
 
 @dataclass
@@ -464,6 +486,18 @@ def validate(cfg: Any) -> None:
                d.replay_ratio, "use decreasing, increasing or constant")
         _check(d.temperature > 0, "method.distillm.temperature", d.temperature, "must be > 0")
         _check(d.max_new_tokens > 0, "method.distillm.max_new_tokens", d.max_new_tokens, "must be > 0")
+    if m.kind == "minillm":
+        q = m.minillm
+        _check(m.divergence in (None, "forward_kl"), "method.divergence", m.divergence,
+               "minillm's pretraining term mixes CE with forward_kl (method.alpha is its kd_ratio)")
+        _check(0.0 <= q.teacher_mixed_alpha < 1.0, "method.minillm.teacher_mixed_alpha", q.teacher_mixed_alpha,
+               "must lie in [0, 1)")
+        _check(q.ppo_epochs >= 1, "method.minillm.ppo_epochs", q.ppo_epochs, "must be >= 1")
+        _check(0.0 < q.gamma <= 1.0, "method.minillm.gamma", q.gamma, "must lie in (0, 1]")
+        _check(q.reward_scaling > 0, "method.minillm.reward_scaling", q.reward_scaling, "must be > 0")
+        _check(q.cliprange > 0, "method.minillm.cliprange", q.cliprange, "must be > 0")
+        _check(q.temperature > 0, "method.minillm.temperature", q.temperature, "must be > 0")
+        _check(q.max_new_tokens > 0, "method.minillm.max_new_tokens", q.max_new_tokens, "must be > 0")
     if m.kind == "onpolicy":
         o = m.onpolicy
         _check(0.0 <= o.lmbda <= 1.0, "method.onpolicy.lmbda", o.lmbda, "a probability must lie in [0, 1]")

@@ -22,6 +22,8 @@ from kdbench.paths import conf_dir, sweeps_dir
 from kdbench.schema import register_configs
 
 log = logging.getLogger("kdbench")
+# Method kinds that sample from the student while training (they need the teacher and one tokenizer).
+SAMPLING_KINDS = ("onpolicy", "distillm", "minillm")
 
 
 def _threads(cfg) -> int:
@@ -81,7 +83,9 @@ def run(cfg: DictConfig) -> dict:
         return start.done
     run_dir, cell, resolved, cache_dir = start.run_dir, start.cell, start.resolved, start.cache_dir
     method = cfg.method
-    whitebox = (method.divergence is not None and method.alpha > 0) or method.hidden.weight > 0
+    # White-box: the method reads the teacher's distributions (every method that samples from the student does).
+    whitebox = ((method.divergence is not None and method.alpha > 0) or method.hidden.weight > 0
+                or method.kind in SAMPLING_KINDS)
 
     seqkd = method.kind == "seqkd"
     needs_teacher = whitebox or seqkd or cfg.eval.teacher
@@ -119,11 +123,13 @@ def run(cfg: DictConfig) -> dict:
             train_rows = seqkd_data.rows
         dm = InstructionDataModule(train_rows, val_rows, student.tokenizer, cfg.trainer.batch_size, cfg.seed,
                                    cfg.data.max_prompt_length, cfg.data.max_response_length)
-        if method.kind in ("onpolicy", "distillm"):  # methods that sample from the student while training
+        if method.kind in SAMPLING_KINDS:  # methods that sample from the student while training
             from kdbench.methods.distillm import DistiLLMDistillation
+            from kdbench.methods.minillm import MiniLLMDistillation
             from kdbench.methods.onpolicy import OnPolicyDistillation
 
-            kind = OnPolicyDistillation if method.kind == "onpolicy" else DistiLLMDistillation
+            kind = {"onpolicy": OnPolicyDistillation, "distillm": DistiLLMDistillation,
+                    "minillm": MiniLLMDistillation}[method.kind]
             module = kind(student.model, teacher.model, method, cfg.trainer.optim, cfg.trainer.max_steps, vocab_size,
                           student.tokenizer.pad_token_id, student.tokenizer.eos_token_id, cfg.seed,
                           cfg.trainer.micro_batch_size)
@@ -197,6 +203,8 @@ def _student_sampling_cost(module) -> dict:
     out = {"student_generated_tokens": module.generated_tokens}
     if hasattr(module, "onpolicy_steps"):
         out["onpolicy_steps"] = module.onpolicy_steps
+    if hasattr(module, "rollouts"):  # MiniLLM
+        out["rollouts"] = module.rollouts
     if hasattr(module, "counts"):  # DistiLLM: fresh samples, replayed samples, data
         out.update({f"{k}_steps": v for k, v in module.counts.items()},
                    final_student_data_probability=module.threshold.value)

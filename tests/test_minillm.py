@@ -1,0 +1,159 @@
+"""MiniLLM: returns, length normalization, whitening and PPO clipping on hand-computed rollouts; teacher-mixed
+sampling; and a short run in which what the method is for, the reverse KL of the student's own samples to the
+teacher, falls (its policy-gradient loss need not)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from kdbench.data.datamodule import InstructionDataModule
+from kdbench.data.embedded import SplitSizes, generate_splits
+from kdbench.data.template import render_prompt
+from kdbench.generation.mixed import mixed_sample
+from kdbench.methods.fit import fit, make_trainer
+from kdbench.methods.minillm import (MiniLLMDistillation, advantages, collect_rollout, from_grid, ppo_loss,
+                                     response_grid, returns, to_grid, tokens_left)
+from kdbench.methods.offline import OfflineDistillation
+from kdbench.models.loading import build_from_arch, freeze
+from kdbench.models.tokenizer import train_bpe_tokenizer
+from kdbench.schema import ArchConfig, MethodConfig, MiniLLMConfig, TrainerConfig
+
+ROWS = generate_splits(sizes=SplitSizes(train=300, validation=32, test=8))
+
+
+def test_returns_with_and_without_the_current_step():
+    r = torch.tensor([[1.0, 2.0, 3.0, 0.0]])
+    m = torch.tensor([[1.0, 1.0, 1.0, 0.0]])
+    with_current = returns(r, m, gamma=0.5, include_current=True)
+    assert with_current.tolist() == [[1 + 0.5 * 2 + 0.25 * 3, 2 + 0.5 * 3, 3.0, 0.0]]
+    without = returns(r, m, gamma=0.5, include_current=False)
+    assert without.tolist() == [[2 + 0.5 * 3, 3.0, 0.0, 0.0]]
+    # Padding never leaks into a return.
+    r_pad = torch.tensor([[1.0, 2.0, 3.0, 100.0]])
+    assert returns(r_pad, m, 0.5, True).tolist() == with_current.tolist()
+
+
+def test_tokens_left_and_length_normalization():
+    m = torch.tensor([[1.0, 1.0, 1.0, 0.0], [1.0, 0.0, 0.0, 0.0]])
+    assert tokens_left(m).tolist() == [[3, 2, 1, 1], [1, 1, 1, 1]]
+    r = torch.tensor([[3.0, 3.0, 3.0, 0.0], [6.0, 0.0, 0.0, 0.0]])
+    # gamma 1, current step included: the mean reward of the rest of the sequence.
+    a = advantages(r, m, gamma=1.0, include_current=True, length_norm=True, whiten=False)
+    assert a.tolist() == [[3.0, 3.0, 3.0, 0.0], [6.0, 0.0, 0.0, 0.0]]
+    # The paper's R_{t+1} / (T - t - 1): the last token has nothing after it.
+    b = advantages(r, m, gamma=1.0, include_current=False, length_norm=True, whiten=False)
+    assert b.tolist() == [[3.0, 3.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]]
+
+
+def test_whitening_uses_response_positions_only():
+    r = torch.tensor([[1.0, 2.0, 3.0, 0.0]])
+    m = torch.tensor([[1.0, 1.0, 1.0, 0.0]])
+    a = advantages(r, m, gamma=0.0, include_current=True, length_norm=False, whiten=True)
+    sel = a[m.bool()]
+    assert sel.mean().item() == pytest.approx(0.0, abs=1e-6)
+    assert sel.std(unbiased=False).item() == pytest.approx(1.0, abs=1e-4)
+    assert a[0, 3].item() == 0.0
+
+
+def test_ppo_clipping():
+    adv = torch.tensor([1.0, 1.0, -1.0, -1.0])
+    old = torch.zeros(4)
+    new = torch.log(torch.tensor([1.5, 0.9, 0.5, 1.1]))
+    loss = ppo_loss(new, old, adv, torch.ones(4), cliprange=0.2)
+    # A > 0: the ratio's gain is capped at 1.2; A < 0: its drop is floored at 0.8 (the pessimistic bound).
+    assert loss.tolist() == pytest.approx([-1.2, -0.9, 0.8, 1.1])
+    # The importance weight multiplies the ratio before clipping.
+    w = torch.tensor([0.5, 1.0, 1.0, 1.0])
+    assert ppo_loss(new, old, adv, w, 0.2)[0].item() == pytest.approx(-0.75)
+
+
+def test_grid_round_trip():
+    from kdbench.data.datamodule import collate
+    batch = collate([{"prompt_ids": [5, 6], "response_ids": [7, 8, 2]}, {"prompt_ids": [9], "response_ids": [2]}], 1)
+    lengths, mask = response_grid(batch)
+    assert lengths.tolist() == [3, 1] and mask.tolist() == [[1, 1, 1], [1, 0, 0]]
+    flat = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    assert from_grid(to_grid(flat, lengths, 3), lengths).tolist() == flat.tolist()
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return train_bpe_tokenizer([render_prompt(r["instruction"], r["input"]) + r["output"] for r in ROWS["train"]],
+                               vocab_size=400)
+
+
+def _model(tok, seed, hidden=32):
+    return build_from_arch(ArchConfig(hidden_size=hidden, num_layers=1, num_heads=2, intermediate_size=64), tok, seed)
+
+
+def _trainer_cfg(steps, lr=1e-2):
+    cfg = OmegaConf.structured(TrainerConfig(max_steps=steps, batch_size=16, val_every=steps, val_batches=1,
+                                             progress=False))
+    cfg.optim.lr = lr
+    cfg.optim.warmup_steps = 5
+    return cfg
+
+
+def _sft(model, tok, steps, seed=0):
+    dm = InstructionDataModule(ROWS["train"], ROWS["validation"], tok, 16, seed=seed)
+    fit(OfflineDistillation(model, None, OmegaConf.structured(MethodConfig(name="sft")), _trainer_cfg(steps).optim,
+                            steps, len(tok)), dm, make_trainer(_trainer_cfg(steps), steps))
+    return model
+
+
+@pytest.fixture(scope="module")
+def teacher(tokenizer):
+    return freeze(_sft(_model(tokenizer, seed=1, hidden=48), tokenizer, 120, seed=1))
+
+
+def _prompts(tok, rows):
+    return [tok(render_prompt(r["instruction"], r["input"]))["input_ids"] for r in rows]
+
+
+def test_teacher_mixed_sampling_with_alpha_one_ignores_the_student(tokenizer, teacher):
+    prompts = _prompts(tokenizer, ROWS["validation"][:6])
+    kw = dict(alpha=1.0, max_new_tokens=12, pad_id=tokenizer.pad_token_id, eos_id=tokenizer.eos_token_id,
+              vocab_size=len(tokenizer), seed=4)
+    a = mixed_sample(_model(tokenizer, 0), teacher, prompts, **kw)
+    b = mixed_sample(_model(tokenizer, 7), teacher, prompts, **kw)
+    assert a == b and all(1 <= len(x) <= 12 for x in a)
+    assert all(x[-1] == tokenizer.eos_token_id or len(x) == 12 for x in a)
+    assert mixed_sample(_model(tokenizer, 0), teacher, prompts, **{**kw, "alpha": 0.0}) != a
+
+
+def test_rollout_weights_are_one_without_mixing(tokenizer, teacher):
+    prompts = _prompts(tokenizer, ROWS["validation"][:4])
+    cfg = MiniLLMConfig(teacher_mixed_alpha=0.0, max_new_tokens=8)
+    ro = collect_rollout(_model(tokenizer, 0), teacher, prompts, cfg, len(tokenizer), tokenizer.pad_token_id,
+                         tokenizer.eos_token_id, seed=0)
+    assert torch.allclose(ro.weights, torch.ones_like(ro.weights))
+    assert ro.old_logprobs.shape == ro.advantages.shape == (ro.tokens,)
+
+
+def _own_sample_reverse_kl(student, teacher, tok) -> float:
+    """Held out: the sequence-level reverse KL estimate, mean over the student's own samples (alpha 0) for the
+    validation prompts of log q(y_t) - log p(y_t)."""
+    cfg = MiniLLMConfig(teacher_mixed_alpha=0.0, max_new_tokens=24)
+    ro = collect_rollout(student, teacher, _prompts(tok, ROWS["validation"]), cfg, len(tok), tok.pad_token_id,
+                         tok.eos_token_id, seed=11)
+    return ro.reverse_kl
+
+
+def test_minillm_lowers_the_reverse_kl_of_its_own_samples(tokenizer, teacher):
+    torch.manual_seed(0)
+    warm = _sft(_model(tokenizer, seed=0), tokenizer, 20)
+    before = _own_sample_reverse_kl(warm, teacher, tokenizer)
+    student = copy.deepcopy(warm)
+    method = OmegaConf.structured(MethodConfig(name="minillm", kind="minillm", divergence="forward_kl", alpha=0.5,
+                                               minillm=MiniLLMConfig(max_new_tokens=24)))
+    module = MiniLLMDistillation(student, teacher, method, _trainer_cfg(32, lr=3e-3).optim, 32, len(tokenizer),
+                                 tokenizer.pad_token_id, tokenizer.eos_token_id, seed=0)
+    dm = InstructionDataModule(ROWS["train"], ROWS["validation"], tokenizer, 16, seed=0)
+    fit(module, dm, make_trainer(_trainer_cfg(32, lr=3e-3), 32))
+    after = _own_sample_reverse_kl(student, teacher, tokenizer)
+    assert module.rollouts == 8 and module.generated_tokens > 0  # one rollout per 4 PPO steps
+    assert after < 0.8 * before, (before, after)
