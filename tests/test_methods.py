@@ -69,10 +69,20 @@ def teacher(tokenizer):
 
 
 def _method_configs() -> list:
-    """Every shipped conf/method/*.yaml (merged onto the schema as Hydra would), plus pure Hinton-style KD."""
+    """Every shipped conf/method/*.yaml as Hydra composes it (defaults lists included), plus pure Hinton-style KD."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
     from kdbench.paths import conf_dir
-    configs = [OmegaConf.merge(OmegaConf.structured(MethodConfig), OmegaConf.load(p))
-               for p in sorted((conf_dir() / "method").glob("*.yaml"))]
+    from kdbench.schema import register_configs
+
+    register_configs()
+    configs = []
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+        for p in sorted((conf_dir() / "method").glob("*.yaml")):
+            configs.append(compose(config_name="train", overrides=[f"method={p.stem}"]).method)
+    GlobalHydra.instance().clear()
     return configs + [OmegaConf.structured(MethodConfig(name="kd-pure", divergence="forward_kl", alpha=1.0,
                                                         temperature=2.0, scale_by_t2=True))]
 
