@@ -214,6 +214,9 @@ class MethodConfig:
     chunk_size: Optional[int] = None
     chunk_elements: int = 4194304
     hidden: HiddenConfig = field(default_factory=HiddenConfig)
+    # Start from the student's sft warm start (kdbench.stages.warm_start) instead of its initial weights: on by
+    # default for the methods that sample from the student, a switch for the others.
+    warm_start: bool = False
     seqkd: SeqKDConfig = field(default_factory=SeqKDConfig)
     onpolicy: OnPolicyConfig = field(default_factory=OnPolicyConfig)
     distillm: DistiLLMConfig = field(default_factory=DistiLLMConfig)
@@ -392,6 +395,9 @@ class TrainerConfig:
     progress: bool = True
     # Save the trained student (save_pretrained + tokenizer) as <run dir>/student, for kdbench-eval.
     save_student: bool = True
+    # The sft warm start's steps (method.warm_start; kdbench.stages.warm_start), counted in max_steps: the method
+    # then trains max_steps - warm_start_steps. null: half of max_steps.
+    warm_start_steps: Optional[int] = None
 
 
 @dataclass
@@ -523,6 +529,10 @@ def validate(cfg: Any) -> None:
                f"must divide {role}.arch.hidden_size={mc.arch.hidden_size}")
     t = cfg.trainer
     _check(t.max_steps > 0, "trainer.max_steps", t.max_steps, "must be > 0")
+    if m.warm_start:
+        ws = t.warm_start_steps if t.warm_start_steps is not None else t.max_steps // 2
+        _check(0 < ws < t.max_steps, "trainer.warm_start_steps", ws,
+               f"the sft warm start takes part of trainer.max_steps={t.max_steps}: needs 0 < steps < max_steps")
     _check(t.batch_size > 0, "trainer.batch_size", t.batch_size, "must be > 0")
     if t.micro_batch_size is not None:
         _check(0 < t.micro_batch_size <= t.batch_size, "trainer.micro_batch_size", t.micro_batch_size,

@@ -111,13 +111,20 @@ def run(cfg: DictConfig) -> dict:
                          config=resolved, tags=[f"method={method.name}", f"student={student.name}",
                                                 f"teacher={teacher.name if teacher else 'none'}"])
     try:
+        # The budget is trainer.max_steps optimizer steps in all; a warm start takes its share first.
+        steps, warm = cfg.trainer.max_steps, None
+        if method.warm_start:
+            from kdbench.stages.warm_start import warm_started
+
+            student.model, warm = warm_started(cfg, student, cache_dir, cfg.trainer.progress)
+            steps -= warm["steps"]
         train_rows = load_rows(cfg.data.train, cfg.data.embedded)
         val_rows = load_rows(cfg.data.validation, cfg.data.embedded)
         seqkd_data = None
         if seqkd:  # the student learns the teacher's answers instead of the ground truth (validation keeps it)
             from kdbench.methods.seqkd import prompts_needed, teacher_answers
 
-            n = prompts_needed(method.seqkd, cfg.trainer.max_steps, cfg.trainer.batch_size, len(train_rows))
+            n = prompts_needed(method.seqkd, steps, cfg.trainer.batch_size, len(train_rows))
             seqkd_data = teacher_answers(train_rows[:n], teacher, method.seqkd, cfg.data.max_prompt_length,
                                          str(cache_dir), cfg.trainer.progress)
             train_rows = seqkd_data.rows
@@ -130,19 +137,19 @@ def run(cfg: DictConfig) -> dict:
 
             kind = {"onpolicy": OnPolicyDistillation, "distillm": DistiLLMDistillation,
                     "minillm": MiniLLMDistillation}[method.kind]
-            module = kind(student.model, teacher.model, method, cfg.trainer.optim, cfg.trainer.max_steps, vocab_size,
+            module = kind(student.model, teacher.model, method, cfg.trainer.optim, steps, vocab_size,
                           student.tokenizer.pad_token_id, student.tokenizer.eos_token_id, cfg.seed,
                           cfg.trainer.micro_batch_size)
         else:
             module = OfflineDistillation(student.model, teacher.model if whitebox else None, method,
-                                         cfg.trainer.optim, cfg.trainer.max_steps, vocab_size,
+                                         cfg.trainer.optim, steps, vocab_size,
                                          cfg.trainer.micro_batch_size)
         probe = dm.probe_batch()
         check_head_path(student.model, probe)
         if whitebox:
             check_head_path(teacher.model, probe)
         t_train = time.perf_counter()
-        trainer = make_trainer(cfg.trainer, cfg.trainer.max_steps, logger, str(run_dir))
+        trainer = make_trainer(cfg.trainer, steps, logger, str(run_dir))
         fit(module, dm, trainer)
         train_seconds = time.perf_counter() - t_train
 
@@ -164,9 +171,10 @@ def run(cfg: DictConfig) -> dict:
             labels={"method": method.name, "student": student.name, "teacher": teacher.name if teacher else None,
                     "seed": cfg.seed, "student_params": student.parameters,
                     "teacher_params": teacher.parameters if teacher else None, "sweep": cfg.sweep_name,
-                    "cell": cell},
+                    "cell": cell, "start": f"sft-warm-start-{warm['steps']}" if warm else "scratch"},
             metrics=suite.metrics, teacher_metrics=suite.teacher_metrics,
-            train={"steps": int(trainer.global_step), "tokens": module.tokens_seen,
+            train={"steps": int(trainer.global_step) + (warm["steps"] if warm else 0),
+                   "method_steps": int(trainer.global_step), "warm_start": warm, "tokens": module.tokens_seen,
                    "seconds": round(train_seconds, 1),
                    "final": {k: float(v) for k, v in trainer.callback_metrics.items()},
                    "truncated_prompts": dm.train_set.n_truncated},

@@ -20,9 +20,11 @@ TEACHER = {RL: 90.0, EM: 70.0}
 
 
 def write_result(root, name, method="kd", student="tiny", seed=0, params=100_000, metrics=None,
-                 teacher_metrics=TEACHER, status="complete", teacher="teacher-1M"):
+                 teacher_metrics=TEACHER, status="complete", teacher="teacher-1M", start=None):
     """Write one results.json under root/name/ and return its path."""
     labels = {"method": method, "student": student, "teacher": teacher, "seed": seed}
+    if start is not None:
+        labels["start"] = start
     if params is not None:
         labels["student_params"] = params
     data = {"status": status, "labels": labels,
@@ -73,6 +75,14 @@ def test_training_run_and_its_later_eval_join_into_one_row(tmp_path, caplog):
     assert row.cells[RL].mean == 40.0 and row.cells[RL].n == 1
     assert row.cells["dollyeval/rouge_l"].mean == 12.5 and row.cells[EM].mean == 20.0
     assert "already has embedded_test/rouge_l" in caplog.text
+
+
+def test_a_warm_started_run_is_its_own_row(tmp_path):
+    write_result(tmp_path, "a", method="kd", start="scratch", metrics={RL: 40.0, EM: 20.0})
+    write_result(tmp_path, "b", method="kd", start="sft-warm-start-1000", metrics={RL: 45.0, EM: 25.0})
+    table = table_for(tmp_path)
+    assert table.row("kd", "tiny").cells[RL].mean == 40.0
+    assert table.row("kd+ws", "tiny").cells[RL].mean == 45.0
 
 
 def test_single_seed_has_no_std(tmp_path):

@@ -88,6 +88,10 @@ def build_table(results: list[dict], metrics: list[str] | None = None) -> Table:
             logger.warning("skipping %s: labels.method / labels.student missing", where)
             continue
         method, student, seed = str(labels["method"]), str(labels["student"]), labels.get("seed")
+        if str(labels.get("start") or "scratch") != "scratch":
+            # Said in the row: a method that started from the sft warm start is not the same row as one that did
+            # not (gkd, distillm and minillm always do; an offline method does with method.warm_start=true).
+            method = f"{method}+ws"
 
         values = _metric_values(r.get("metrics"))
         teacher_values = _metric_values(r.get("teacher_metrics"))
