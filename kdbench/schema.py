@@ -398,6 +398,11 @@ class TrainerConfig:
     # The sft warm start's steps (method.warm_start; kdbench.stages.warm_start), counted in max_steps: the method
     # then trains max_steps - warm_start_steps. null: half of max_steps.
     warm_start_steps: Optional[int] = None
+    # Which weights a run keeps (kdbench.methods.selection): best_rouge_l, the validation with the best ROUGE-L on
+    # select_rows validation prompts (MiniLLM's rule), or last. Every validation scores val/rouge_l either way.
+    select: str = "best_rouge_l"
+    select_rows: int = 200
+    select_max_new_tokens: int = 128
 
 
 @dataclass
@@ -529,6 +534,8 @@ def validate(cfg: Any) -> None:
                f"must divide {role}.arch.hidden_size={mc.arch.hidden_size}")
     t = cfg.trainer
     _check(t.max_steps > 0, "trainer.max_steps", t.max_steps, "must be > 0")
+    _check(t.select in ("best_rouge_l", "last"), "trainer.select", t.select, "use best_rouge_l or last")
+    _check(t.select_rows >= 0, "trainer.select_rows", t.select_rows, "must be >= 0")
     if m.warm_start:
         ws = t.warm_start_steps if t.warm_start_steps is not None else t.max_steps // 2
         _check(0 < ws < t.max_steps, "trainer.warm_start_steps", ws,

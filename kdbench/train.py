@@ -149,7 +149,11 @@ def run(cfg: DictConfig) -> dict:
         if whitebox:
             check_head_path(teacher.model, probe)
         t_train = time.perf_counter()
-        trainer = make_trainer(cfg.trainer, steps, logger, str(run_dir))
+        from kdbench.methods.selection import SelectCheckpoint
+
+        select = SelectCheckpoint(val_rows[:cfg.trainer.select_rows], student.tokenizer, cfg.trainer.select,
+                                  cfg.trainer.select_max_new_tokens, cfg.data.max_prompt_length)
+        trainer = make_trainer(cfg.trainer, steps, logger, str(run_dir), callbacks=[select])
         fit(module, dm, trainer)
         train_seconds = time.perf_counter() - t_train
 
@@ -174,7 +178,8 @@ def run(cfg: DictConfig) -> dict:
                     "cell": cell, "start": f"sft-warm-start-{warm['steps']}" if warm else "scratch"},
             metrics=suite.metrics, teacher_metrics=suite.teacher_metrics,
             train={"steps": int(trainer.global_step) + (warm["steps"] if warm else 0),
-                   "method_steps": int(trainer.global_step), "warm_start": warm, "tokens": module.tokens_seen,
+                   "method_steps": int(trainer.global_step), "warm_start": warm, "selection": select.record(),
+                   "tokens": module.tokens_seen,
                    "seconds": round(train_seconds, 1),
                    "final": {k: float(v) for k, v in trainer.callback_metrics.items()},
                    "truncated_prompts": dm.train_set.n_truncated},

@@ -58,7 +58,7 @@ def _progress_bar():
 
 
 def make_trainer(trainer_cfg, max_steps: int, logger=None, default_root_dir: str | None = None,
-                 progress: bool | None = None, name: str = "train") -> L.Trainer:
+                 progress: bool | None = None, name: str = "train", callbacks: list | None = None) -> L.Trainer:
     quiet_lightning()
     t = trainer_cfg
     show = t.progress if progress is None else progress
@@ -68,7 +68,7 @@ def make_trainer(trainer_cfg, max_steps: int, logger=None, default_root_dir: str
         limit_val_batches=t.val_batches, num_sanity_val_steps=0, log_every_n_steps=t.log_every,
         logger=logger if logger is not None else False, enable_checkpointing=False,
         enable_model_summary=False, enable_progress_bar=show, default_root_dir=default_root_dir,
-        callbacks=[ProgressLog(max_steps, name), *([_progress_bar()] if show else [])],
+        callbacks=[ProgressLog(max_steps, name), *([_progress_bar()] if show else []), *(callbacks or [])],
     )
 
 
