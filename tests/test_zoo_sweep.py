@@ -15,8 +15,13 @@ SWEEPS = Path(__file__).resolve().parents[1] / "sweeps"
 
 def test_every_method_of_the_zoo_runs_and_gets_a_report_row(tmp_path):
     methods = OmegaConf.load(SWEEPS / "methods.yaml").hydra.sweeper.params.method.split(",")
-    conf_methods = sorted(p.stem for p in (SWEEPS.parent / "conf" / "method").glob("*.yaml")
-                          if OmegaConf.load(p).get("kind", "offline") == "offline")
+    def kind(path: Path) -> str:  # a method file that extends another (defaults: [base]) has the base's kind
+        y = OmegaConf.load(path)
+        if "kind" not in y and "defaults" in y:
+            return kind(path.with_name(f"{y.defaults[0]}.yaml"))
+        return y.get("kind", "offline")
+
+    conf_methods = sorted(p.stem for p in (SWEEPS.parent / "conf" / "method").glob("*.yaml") if kind(p) == "offline")
     assert sorted(methods) == conf_methods, "sweeps/methods.yaml must hold every offline conf/method option"
 
     out = kdbench(["--config-name", "methods", "sweep_name=zoo", "logger=none", *TINY_RUN], tmp_path,
