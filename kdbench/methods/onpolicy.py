@@ -62,8 +62,9 @@ class OnPolicyDistillation(OfflineDistillation):
             new_parts = []
             for k, part in enumerate(parts):
                 prompts = prompts_of_batch(part)
-                # One seed per (step, part): reproducible, and different samples at every step.
-                settings = sampling_settings(self.onpolicy, len(prompts), self.seed * 1_000_003 + batch_idx * 7 + k)
+                # One seed per (optimizer step, part): reproducible, and new samples at every step and epoch.
+                settings = sampling_settings(self.onpolicy, len(prompts),
+                                             self.seed * 1_000_003 + self.global_step * 7 + k)
                 sampled, n_new = student_batch(self.student, prompts, settings, self.pad_id, self.eos_id)
                 self.generated_tokens += n_new
                 new_parts.append({key: v.to(device) for key, v in sampled.items()})
