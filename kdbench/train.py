@@ -22,8 +22,6 @@ from kdbench.paths import conf_dir, sweeps_dir
 from kdbench.schema import register_configs
 
 log = logging.getLogger("kdbench")
-# Method kinds that sample from the student while training (they need the teacher and one tokenizer).
-SAMPLING_KINDS = ("onpolicy", "distillm", "minillm")
 
 
 def _threads(cfg) -> int:
@@ -83,6 +81,8 @@ def run(cfg: DictConfig) -> dict:
         return start.done
     run_dir, cell, resolved, cache_dir = start.run_dir, start.cell, start.resolved, start.cache_dir
     method = cfg.method
+    from kdbench.methods.build import SAMPLING_KINDS
+
     # White-box: the method reads the teacher's distributions (every method that samples from the student does).
     whitebox = ((method.divergence is not None and method.alpha > 0) or method.hidden.weight > 0
                 or method.kind in SAMPLING_KINDS)
@@ -103,7 +103,9 @@ def run(cfg: DictConfig) -> dict:
     from kdbench.data.sources import load_rows
     from kdbench.evaluation.suite import Model, run_suite
     from kdbench.methods.fit import fit, make_trainer
-    from kdbench.methods.offline import OfflineDistillation, check_head_path
+    from kdbench.methods.build import make_module, sampling_cost
+    from kdbench.methods.offline import check_head_path
+    from kdbench.methods.selection import SelectCheckpoint
     from kdbench.models.loading import save_model_folder
     from kdbench.tracking.loggers import finish, log_final, log_images, make_logger
 
@@ -130,27 +132,13 @@ def run(cfg: DictConfig) -> dict:
             train_rows = seqkd_data.rows
         dm = InstructionDataModule(train_rows, val_rows, student.tokenizer, cfg.trainer.batch_size, cfg.seed,
                                    cfg.data.max_prompt_length, cfg.data.max_response_length)
-        if method.kind in SAMPLING_KINDS:  # methods that sample from the student while training
-            from kdbench.methods.distillm import DistiLLMDistillation
-            from kdbench.methods.minillm import MiniLLMDistillation
-            from kdbench.methods.onpolicy import OnPolicyDistillation
-
-            kind = {"onpolicy": OnPolicyDistillation, "distillm": DistiLLMDistillation,
-                    "minillm": MiniLLMDistillation}[method.kind]
-            module = kind(student.model, teacher.model, method, cfg.trainer.optim, steps, vocab_size,
-                          student.tokenizer.pad_token_id, student.tokenizer.eos_token_id, cfg.seed,
-                          cfg.trainer.micro_batch_size)
-        else:
-            module = OfflineDistillation(student.model, teacher.model if whitebox else None, method,
-                                         cfg.trainer.optim, steps, vocab_size,
-                                         cfg.trainer.micro_batch_size)
+        module = make_module(method, student, teacher, cfg.trainer.optim, steps, vocab_size, cfg.seed, whitebox,
+                             cfg.trainer.micro_batch_size)
         probe = dm.probe_batch()
         check_head_path(student.model, probe)
         if whitebox:
             check_head_path(teacher.model, probe)
         t_train = time.perf_counter()
-        from kdbench.methods.selection import SelectCheckpoint
-
         select = SelectCheckpoint(val_rows[:cfg.trainer.select_rows], student.tokenizer, cfg.trainer.select,
                                   cfg.trainer.select_max_new_tokens, cfg.data.max_prompt_length)
         trainer = make_trainer(cfg.trainer, steps, logger, str(run_dir), callbacks=[select])
@@ -186,8 +174,8 @@ def run(cfg: DictConfig) -> dict:
             cost={"train_tokens": module.tokens_seen,
                   "teacher_forward_tokens": module.tokens_seen if whitebox else 0,
                   "generated_tokens": suite.new_tokens, "eval_seconds": round(eval_seconds, 1),
-                  **(_seqkd_cost(seqkd_data) if seqkd_data else {}),
-                  **_student_sampling_cost(module)},
+                  **(seqkd_data.cost() if seqkd_data else {}),
+                  **sampling_cost(module)},
             samples=suite.samples, config=resolved, seed=cfg.seed,
             wall_time_s=time.perf_counter() - t_start,
             artifacts={"run_dir": str(run_dir), "wandb_dir": str(run_dir / "wandb") if logger else None,
@@ -200,28 +188,6 @@ def run(cfg: DictConfig) -> dict:
         finish(logger)
     print_run_table(record)
     return record
-
-
-def _seqkd_cost(data) -> dict:
-    """What the teacher's answers cost (0 seconds when they came from the cache: the cost was paid once)."""
-    return {"teacher_generated_tokens": data.generated_tokens, "teacher_prompts": data.n_prompts,
-            "teacher_empty_answers": data.n_empty, "teacher_generation_seconds": round(data.seconds, 1),
-            "teacher_generation_cached": data.cache_hit}
-
-
-def _student_sampling_cost(module) -> dict:
-    """What sampling from the student cost, and how the steps split between sampled and data batches."""
-    if not hasattr(module, "generated_tokens"):
-        return {}
-    out = {"student_generated_tokens": module.generated_tokens}
-    if hasattr(module, "onpolicy_steps"):
-        out["onpolicy_steps"] = module.onpolicy_steps
-    if hasattr(module, "rollouts"):  # MiniLLM
-        out["rollouts"] = module.rollouts
-    if hasattr(module, "counts"):  # DistiLLM: fresh samples, replayed samples, data
-        out.update({f"{k}_steps": v for k, v in module.counts.items()},
-                   final_student_data_probability=module.threshold.value)
-    return out
 
 
 FAILED_FILE = "failed.txt"

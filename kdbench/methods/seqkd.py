@@ -31,6 +31,12 @@ class TeacherData:
     seconds: float  # 0 on a cache hit
     cache_hit: bool
 
+    def cost(self) -> dict:
+        """For results.json's cost (0 seconds on a cache hit: the generation was paid for once)."""
+        return {"teacher_generated_tokens": self.generated_tokens, "teacher_prompts": self.n_prompts,
+                "teacher_empty_answers": self.n_empty, "teacher_generation_seconds": round(self.seconds, 1),
+                "teacher_generation_cached": self.cache_hit}
+
 
 def prompts_needed(seqkd_cfg, max_steps: int, batch_size: int, available: int) -> int:
     """How many training prompts the teacher answers: `max_prompts`, else what the step budget reads."""
