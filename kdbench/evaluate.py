@@ -29,11 +29,21 @@ _MODEL = re.compile(r"^([+~]{0,2})model(?=[.=]|$)")
 def model_aliases(argv: list[str]) -> list[str]:
     """`model=X`, `model.key=V` (also with + or ~) -> the `student` group's `student=X`, `student.key=V`. A
     `model.path` without `model.source` also sets student.source=pretrained: a path is always loaded, not built."""
-    out = [argv[0], *(_MODEL.sub(r"\1student", a) for a in argv[1:])]
+    out = [argv[0], *(_quote_path(_MODEL.sub(r"\1student", a)) for a in argv[1:])]
     keys = [a.lstrip("+~").split("=", 1)[0] for a in out[1:]]
     if "student.path" in keys and "student.source" not in keys:
         out.append("student.source=pretrained")
     return out
+
+
+def _quote_path(arg: str) -> str:
+    """A sweep cell's folder is named by its overrides (`.../method=kd,student=tiny`): '=' and ',' in a path
+    break Hydra's override grammar, so an unquoted student.path value is quoted for the user."""
+    key, sep, value = arg.partition("=")
+    special = any(c in value for c in "=,[]{}()' ")
+    if key.lstrip("+") != "student.path" or not sep or value[:1] in ("'", '"') or not special:
+        return arg
+    return f"{key}='" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 def load_evaluated(cfg, cache_dir: Path, teacher_tokenizer=None):

@@ -170,6 +170,12 @@ def test_model_alias_and_run_folder_names():
     assert model_aliases(["x", "model=gpt2", "model.dtype=bfloat16", "modelx=1"]) == \
         ["x", "student=gpt2", "student.dtype=bfloat16", "modelx=1"]
     assert model_aliases(["x", "model.path=/a/b"]) == ["x", "student.path=/a/b", "student.source=pretrained"]
+    # A sweep cell's folder: '=' and ',' would break Hydra's grammar, so the value is quoted.
+    quoted = model_aliases(["x", "model.path=/o/method=kd,student=tiny"])
+    assert quoted == ["x", "student.path='/o/method=kd,student=tiny'", "student.source=pretrained"]
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    parsed = OverridesParser.create().parse_overrides(quoted[1:2])[0]
+    assert parsed.value() == "/o/method=kd,student=tiny"
     assert model_aliases(["x", "model.path=/a", "model.source=scratch"])[-1] == "student.source=scratch"
     assert run_dirname("eval.limit=4") == "eval.limit=4"
     assert run_dirname("student.path=/a/b") == "student.path=_a_b"
