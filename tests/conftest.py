@@ -43,3 +43,55 @@ def rand_logits(*shape, seed: int, scale: float = 3.0, dtype=None):
     dtype = torch.float32 if dtype is None else dtype
     g = torch.Generator().manual_seed(seed)
     return (torch.randn(*shape, generator=g, dtype=torch.float64) * scale).to(dtype)
+
+
+# ----------------------------------------------------------------- tiny models for the method tests
+# A small embedded benchmark, its tokenizer, one-layer LLaMA-style models and a teacher that has learned something
+# (a random one is near-uniform: nothing to distill), shared by the tests of the methods that train on it.
+
+def small_splits():
+    from kdbench.data.embedded import SplitSizes, generate_splits
+
+    return generate_splits(sizes=SplitSizes(train=300, validation=32, test=8))
+
+
+def tiny_tokenizer(rows: list[dict]):
+    from kdbench.data.template import render_prompt
+    from kdbench.models.tokenizer import train_bpe_tokenizer
+
+    return train_bpe_tokenizer([render_prompt(r["instruction"], r["input"]) + r["output"] for r in rows],
+                               vocab_size=400)
+
+
+def tiny_model(tok, seed: int, hidden: int = 32):
+    from kdbench.models.loading import build_from_arch
+    from kdbench.schema import ArchConfig
+
+    return build_from_arch(ArchConfig(hidden_size=hidden, num_layers=1, num_heads=2, intermediate_size=64), tok, seed)
+
+
+def trainer_cfg(steps: int, lr: float = 1e-2, val_every: int | None = None):
+    from omegaconf import OmegaConf
+
+    from kdbench.schema import TrainerConfig
+
+    cfg = OmegaConf.structured(TrainerConfig(max_steps=steps, batch_size=16, val_every=val_every or steps,
+                                             val_batches=1, progress=False))
+    cfg.optim.lr = lr
+    cfg.optim.warmup_steps = 5
+    return cfg
+
+
+def sft(model, tok, rows: dict, steps: int, seed: int = 0):
+    """`steps` sft steps on rows["train"] (validation on rows["validation"]); returns the model."""
+    from omegaconf import OmegaConf
+
+    from kdbench.data.datamodule import InstructionDataModule
+    from kdbench.methods.fit import fit, make_trainer
+    from kdbench.methods.offline import OfflineDistillation
+    from kdbench.schema import MethodConfig
+
+    dm = InstructionDataModule(rows["train"], rows["validation"], tok, 16, seed=seed)
+    fit(OfflineDistillation(model, None, OmegaConf.structured(MethodConfig(name="sft")), trainer_cfg(steps).optim,
+                            steps, len(tok)), dm, make_trainer(trainer_cfg(steps), steps))
+    return model

@@ -9,19 +9,18 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from conftest import sft, small_splits, tiny_model, tiny_tokenizer, trainer_cfg
+
 from kdbench.data.datamodule import InstructionDataModule, collate
-from kdbench.data.embedded import SplitSizes, generate_splits
-from kdbench.data.template import render_prompt
 from kdbench.losses import skew_forward_kl
 from kdbench.methods.distillm import (AdaptiveThreshold, DistiLLMDistillation, ReplayBuffer, _items_of,
                                       fresh_probability)
 from kdbench.methods.fit import fit, make_trainer
-from kdbench.methods.offline import OfflineDistillation, response_logits
-from kdbench.models.loading import build_from_arch, freeze
-from kdbench.models.tokenizer import train_bpe_tokenizer
-from kdbench.schema import ArchConfig, DistiLLMConfig, MethodConfig, TrainerConfig
+from kdbench.methods.offline import response_logits
+from kdbench.models.loading import freeze
+from kdbench.schema import DistiLLMConfig, MethodConfig
 
-ROWS = generate_splits(sizes=SplitSizes(train=300, validation=32, test=8))
+ROWS = small_splits()
 
 
 def test_threshold_rises_only_when_validation_loss_rises_by_eps():
@@ -61,20 +60,7 @@ def test_items_round_trip_through_a_collated_batch():
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    return train_bpe_tokenizer([render_prompt(r["instruction"], r["input"]) + r["output"] for r in ROWS["train"]],
-                               vocab_size=400)
-
-
-def _model(tok, seed, hidden=32):
-    return build_from_arch(ArchConfig(hidden_size=hidden, num_layers=1, num_heads=2, intermediate_size=64), tok, seed)
-
-
-def _trainer_cfg(steps, val_every=None):
-    cfg = OmegaConf.structured(TrainerConfig(max_steps=steps, batch_size=16, val_every=val_every or steps,
-                                             val_batches=1, progress=False))
-    cfg.optim.lr = 1e-2
-    cfg.optim.warmup_steps = 5
-    return cfg
+    return tiny_tokenizer(ROWS["train"])
 
 
 def _distillm(**kw) -> object:
@@ -84,7 +70,7 @@ def _distillm(**kw) -> object:
 
 
 def test_choice_follows_the_threshold(tokenizer):
-    m = DistiLLMDistillation(_model(tokenizer, 0), _model(tokenizer, 1), _distillm(), _trainer_cfg(100).optim, 100,
+    m = DistiLLMDistillation(tiny_model(tokenizer, 0), tiny_model(tokenizer, 1), _distillm(), trainer_cfg(100).optim, 100,
                              len(tokenizer), tokenizer.pad_token_id, tokenizer.eos_token_id, seed=0)
     assert {m.choose(s) for s in range(200)} == {"data"}  # threshold 0: the data only
     m.threshold.value = 1.0
@@ -97,15 +83,11 @@ def test_choice_follows_the_threshold(tokenizer):
 def test_distillm_run_brings_in_student_outputs_and_moves_toward_the_teacher(tokenizer):
     """init_threshold 0.5 so that student outputs come in within a short run (the default 0 waits for the
     validation loss to rise); the held-out skew KL to the teacher falls."""
-    teacher = _model(tokenizer, seed=1, hidden=48)
-    dm = InstructionDataModule(ROWS["train"], ROWS["validation"], tokenizer, 16, seed=1)
-    fit(OfflineDistillation(teacher, None, OmegaConf.structured(MethodConfig(name="sft")), _trainer_cfg(120).optim,
-                            120, len(tokenizer)), dm, make_trainer(_trainer_cfg(120), 120))
-    teacher = freeze(teacher)
+    teacher = freeze(sft(tiny_model(tokenizer, seed=1, hidden=48), tokenizer, ROWS, 120, seed=1))
     dm = InstructionDataModule(ROWS["train"], ROWS["validation"], tokenizer, 16, seed=0)
     torch.manual_seed(0)
-    module = DistiLLMDistillation(_model(tokenizer, seed=0), teacher, _distillm(init_threshold=0.5),
-                                  _trainer_cfg(40).optim, 40, len(tokenizer), tokenizer.pad_token_id,
+    module = DistiLLMDistillation(tiny_model(tokenizer, seed=0), teacher, _distillm(init_threshold=0.5),
+                                  trainer_cfg(40).optim, 40, len(tokenizer), tokenizer.pad_token_id,
                                   tokenizer.eos_token_id, seed=0)
 
     def held_out() -> float:
@@ -120,7 +102,7 @@ def test_distillm_run_brings_in_student_outputs_and_moves_toward_the_teacher(tok
         return total / n
 
     before = held_out()
-    fit(module, dm, make_trainer(_trainer_cfg(40, val_every=10), 40))
+    fit(module, dm, make_trainer(trainer_cfg(40, val_every=10), 40))
     after = held_out()
     assert after < 0.7 * before, (before, after)
     c = module.counts

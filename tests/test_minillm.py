@@ -10,19 +10,18 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from conftest import sft, small_splits, tiny_model, tiny_tokenizer, trainer_cfg
+
 from kdbench.data.datamodule import InstructionDataModule
-from kdbench.data.embedded import SplitSizes, generate_splits
 from kdbench.data.template import render_prompt
 from kdbench.generation.mixed import mixed_sample
 from kdbench.methods.fit import fit, make_trainer
 from kdbench.methods.minillm import (MiniLLMDistillation, advantages, collect_rollout, from_grid, ppo_loss,
                                      response_grid, returns, to_grid, tokens_left)
-from kdbench.methods.offline import OfflineDistillation
-from kdbench.models.loading import build_from_arch, freeze
-from kdbench.models.tokenizer import train_bpe_tokenizer
-from kdbench.schema import ArchConfig, MethodConfig, MiniLLMConfig, TrainerConfig
+from kdbench.models.loading import freeze
+from kdbench.schema import MethodConfig, MiniLLMConfig
 
-ROWS = generate_splits(sizes=SplitSizes(train=300, validation=32, test=8))
+ROWS = small_splits()
 
 
 def test_returns_with_and_without_the_current_step():
@@ -82,32 +81,12 @@ def test_grid_round_trip():
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    return train_bpe_tokenizer([render_prompt(r["instruction"], r["input"]) + r["output"] for r in ROWS["train"]],
-                               vocab_size=400)
-
-
-def _model(tok, seed, hidden=32):
-    return build_from_arch(ArchConfig(hidden_size=hidden, num_layers=1, num_heads=2, intermediate_size=64), tok, seed)
-
-
-def _trainer_cfg(steps, lr=1e-2):
-    cfg = OmegaConf.structured(TrainerConfig(max_steps=steps, batch_size=16, val_every=steps, val_batches=1,
-                                             progress=False))
-    cfg.optim.lr = lr
-    cfg.optim.warmup_steps = 5
-    return cfg
-
-
-def _sft(model, tok, steps, seed=0):
-    dm = InstructionDataModule(ROWS["train"], ROWS["validation"], tok, 16, seed=seed)
-    fit(OfflineDistillation(model, None, OmegaConf.structured(MethodConfig(name="sft")), _trainer_cfg(steps).optim,
-                            steps, len(tok)), dm, make_trainer(_trainer_cfg(steps), steps))
-    return model
+    return tiny_tokenizer(ROWS["train"])
 
 
 @pytest.fixture(scope="module")
 def teacher(tokenizer):
-    return freeze(_sft(_model(tokenizer, seed=1, hidden=48), tokenizer, 120, seed=1))
+    return freeze(sft(tiny_model(tokenizer, seed=1, hidden=48), tokenizer, ROWS, 120, seed=1))
 
 
 def _prompts(tok, rows):
@@ -118,17 +97,17 @@ def test_teacher_mixed_sampling_with_alpha_one_ignores_the_student(tokenizer, te
     prompts = _prompts(tokenizer, ROWS["validation"][:6])
     kw = dict(alpha=1.0, max_new_tokens=12, pad_id=tokenizer.pad_token_id, eos_id=tokenizer.eos_token_id,
               vocab_size=len(tokenizer), seed=4)
-    a = mixed_sample(_model(tokenizer, 0), teacher, prompts, **kw)
-    b = mixed_sample(_model(tokenizer, 7), teacher, prompts, **kw)
+    a = mixed_sample(tiny_model(tokenizer, 0), teacher, prompts, **kw)
+    b = mixed_sample(tiny_model(tokenizer, 7), teacher, prompts, **kw)
     assert a == b and all(1 <= len(x) <= 12 for x in a)
     assert all(x[-1] == tokenizer.eos_token_id or len(x) == 12 for x in a)
-    assert mixed_sample(_model(tokenizer, 0), teacher, prompts, **{**kw, "alpha": 0.0}) != a
+    assert mixed_sample(tiny_model(tokenizer, 0), teacher, prompts, **{**kw, "alpha": 0.0}) != a
 
 
 def test_rollout_weights_are_one_without_mixing(tokenizer, teacher):
     prompts = _prompts(tokenizer, ROWS["validation"][:4])
     cfg = MiniLLMConfig(teacher_mixed_alpha=0.0, max_new_tokens=8)
-    ro = collect_rollout(_model(tokenizer, 0), teacher, prompts, cfg, len(tokenizer), tokenizer.pad_token_id,
+    ro = collect_rollout(tiny_model(tokenizer, 0), teacher, prompts, cfg, len(tokenizer), tokenizer.pad_token_id,
                          tokenizer.eos_token_id, seed=0)
     assert torch.allclose(ro.weights, torch.ones_like(ro.weights))
     assert ro.old_logprobs.shape == ro.advantages.shape == (ro.tokens,)
@@ -145,15 +124,15 @@ def _own_sample_reverse_kl(student, teacher, tok) -> float:
 
 def test_minillm_lowers_the_reverse_kl_of_its_own_samples(tokenizer, teacher):
     torch.manual_seed(0)
-    warm = _sft(_model(tokenizer, seed=0), tokenizer, 20)
+    warm = sft(tiny_model(tokenizer, seed=0), tokenizer, ROWS, 20)
     before = _own_sample_reverse_kl(warm, teacher, tokenizer)
     student = copy.deepcopy(warm)
     method = OmegaConf.structured(MethodConfig(name="minillm", kind="minillm", divergence="forward_kl", alpha=0.5,
                                                minillm=MiniLLMConfig(max_new_tokens=24)))
-    module = MiniLLMDistillation(student, teacher, method, _trainer_cfg(32, lr=3e-3).optim, 32, len(tokenizer),
+    module = MiniLLMDistillation(student, teacher, method, trainer_cfg(32, lr=3e-3).optim, 32, len(tokenizer),
                                  tokenizer.pad_token_id, tokenizer.eos_token_id, seed=0)
     dm = InstructionDataModule(ROWS["train"], ROWS["validation"], tokenizer, 16, seed=0)
-    fit(module, dm, make_trainer(_trainer_cfg(32, lr=3e-3), 32))
+    fit(module, dm, make_trainer(trainer_cfg(32, lr=3e-3), 32))
     after = _own_sample_reverse_kl(student, teacher, tokenizer)
     assert module.rollouts == 8 and module.generated_tokens > 0  # one rollout per 4 PPO steps
     assert after < 0.8 * before, (before, after)

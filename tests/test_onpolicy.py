@@ -9,46 +9,28 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from conftest import sft, small_splits, tiny_model, tiny_tokenizer, trainer_cfg
+
 from kdbench.data.datamodule import IGNORE, InstructionDataModule, collate
-from kdbench.data.embedded import SplitSizes, generate_splits
 from kdbench.data.template import render_prompt
 from kdbench.losses import generalized_jsd
 from kdbench.methods.fit import fit, make_trainer
-from kdbench.methods.offline import OfflineDistillation, response_logits
+from kdbench.methods.offline import response_logits
 from kdbench.methods.onpolicy import OnPolicyDistillation, prompts_of_batch, sampling_settings, student_batch
-from kdbench.models.loading import build_from_arch, freeze
-from kdbench.models.tokenizer import train_bpe_tokenizer
-from kdbench.schema import ArchConfig, MethodConfig, OnPolicyConfig, TrainerConfig
+from kdbench.models.loading import freeze
+from kdbench.schema import MethodConfig, OnPolicyConfig
 
-ROWS = generate_splits(sizes=SplitSizes(train=300, validation=32, test=8))
+ROWS = small_splits()
 
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    return train_bpe_tokenizer([render_prompt(r["instruction"], r["input"]) + r["output"] for r in ROWS["train"]],
-                               vocab_size=400)
-
-
-def _model(tok, seed, hidden=32):
-    return build_from_arch(ArchConfig(hidden_size=hidden, num_layers=1, num_heads=2, intermediate_size=64), tok, seed)
-
-
-def _trainer_cfg(steps):
-    cfg = OmegaConf.structured(TrainerConfig(max_steps=steps, batch_size=16, val_every=steps, val_batches=1,
-                                             progress=False))
-    cfg.optim.lr = 1e-2
-    cfg.optim.warmup_steps = 5
-    return cfg
+    return tiny_tokenizer(ROWS["train"])
 
 
 @pytest.fixture(scope="module")
 def teacher(tokenizer):
-    model = _model(tokenizer, seed=1, hidden=48)
-    cfg = _trainer_cfg(120)
-    dm = InstructionDataModule(ROWS["train"], ROWS["validation"], tokenizer, 16, seed=1)
-    fit(OfflineDistillation(model, None, OmegaConf.structured(MethodConfig(name="sft")), cfg.optim, 120,
-                            len(tokenizer)), dm, make_trainer(cfg, 120))
-    return freeze(model)
+    return freeze(sft(tiny_model(tokenizer, seed=1, hidden=48), tokenizer, ROWS, 120, seed=1))
 
 
 def _gkd(lmbda: float) -> object:
@@ -64,7 +46,7 @@ def test_prompts_of_batch_recovers_each_rows_prompt():
 
 
 def test_student_batch_puts_the_samples_after_the_prompts(tokenizer):
-    student = _model(tokenizer, seed=0)
+    student = tiny_model(tokenizer, seed=0)
     prompts = [tokenizer(render_prompt(r["instruction"], r["input"]))["input_ids"] for r in ROWS["validation"][:6]]
     settings = sampling_settings(OnPolicyConfig(max_new_tokens=12), batch_size=4, seed=3)
     batch, n_new = student_batch(student, prompts, settings, tokenizer.pad_token_id, tokenizer.eos_token_id)
@@ -98,16 +80,14 @@ def test_gkd_moves_the_student_toward_the_teacher_on_its_own_samples(tokenizer, 
     step on the data, no sampling). Both lower the held-out JSD on the student's own samples; on-policy more."""
     torch.manual_seed(0)
     dm = InstructionDataModule(ROWS["train"], ROWS["validation"], tokenizer, 16, seed=0)
-    warm = _model(tokenizer, seed=0)
-    fit(OfflineDistillation(warm, None, OmegaConf.structured(MethodConfig(name="sft")), _trainer_cfg(20).optim, 20,
-                            len(tokenizer)), dm, make_trainer(_trainer_cfg(20), 20))
+    warm = sft(tiny_model(tokenizer, seed=0), tokenizer, ROWS, 20)
     before = _jsd_on_own_samples(warm, teacher, tokenizer)
     after = {}
     for lmbda in (0.0, 1.0):
         student = copy.deepcopy(warm)
-        module = OnPolicyDistillation(student, teacher, _gkd(lmbda), _trainer_cfg(30).optim, 30, len(tokenizer),
+        module = OnPolicyDistillation(student, teacher, _gkd(lmbda), trainer_cfg(30).optim, 30, len(tokenizer),
                                       tokenizer.pad_token_id, tokenizer.eos_token_id, seed=0)
-        fit(module, dm, make_trainer(_trainer_cfg(30), 30))
+        fit(module, dm, make_trainer(trainer_cfg(30), 30))
         after[lmbda] = _jsd_on_own_samples(student, teacher, tokenizer)
         if lmbda == 1.0:
             assert module.onpolicy_steps == 30 and module.generated_tokens > 0
@@ -120,7 +100,7 @@ def test_gkd_moves_the_student_toward_the_teacher_on_its_own_samples(tokenizer, 
 
 def test_the_lambda_coin_is_seeded_and_fair(tokenizer, teacher):
     def coins(seed):
-        m = OnPolicyDistillation(_model(tokenizer, seed=0), teacher, _gkd(0.5), _trainer_cfg(1).optim, 1,
+        m = OnPolicyDistillation(tiny_model(tokenizer, seed=0), teacher, _gkd(0.5), trainer_cfg(1).optim, 1,
                                  len(tokenizer), tokenizer.pad_token_id, tokenizer.eos_token_id, seed=seed)
         return [m._coin.random() < 0.5 for _ in range(400)]
 

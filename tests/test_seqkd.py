@@ -13,51 +13,27 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from conftest import TINY_RUN
+from conftest import TINY_RUN, sft, small_splits, tiny_model, tiny_tokenizer, trainer_cfg
 from kdbench.data.datamodule import InstructionDataModule
-from kdbench.data.embedded import SplitSizes, generate_splits
-from kdbench.data.template import render_prompt
 from kdbench.methods.fit import fit, make_trainer
 from kdbench.methods.offline import OfflineDistillation, response_logits
 from kdbench.methods.seqkd import prompts_needed, teacher_answers
-from kdbench.models.loading import build_from_arch, freeze
+from kdbench.models.loading import freeze
 from kdbench.models.tokenizer import train_bpe_tokenizer
-from kdbench.schema import ArchConfig, MethodConfig, SeqKDConfig, TrainerConfig
+from kdbench.schema import MethodConfig, SeqKDConfig
 
-ROWS = generate_splits(sizes=SplitSizes(train=300, validation=32, test=8))
+ROWS = small_splits()
 
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    return train_bpe_tokenizer([render_prompt(r["instruction"], r["input"]) + r["output"] for r in ROWS["train"]],
-                               vocab_size=400)
-
-
-def _trainer_cfg(steps):
-    cfg = OmegaConf.structured(TrainerConfig(max_steps=steps, batch_size=16, val_every=steps, val_batches=1,
-                                             progress=False))
-    cfg.optim.lr = 1e-2
-    cfg.optim.warmup_steps = 5
-    return cfg
-
-
-def _model(tok, seed, hidden=32):
-    return build_from_arch(ArchConfig(hidden_size=hidden, num_layers=1, num_heads=2, intermediate_size=64), tok, seed)
-
-
-def _sft(model, tok, rows, steps=40):
-    cfg = _trainer_cfg(steps)
-    dm = InstructionDataModule(rows, ROWS["validation"], tok, 16, seed=0)
-    module = OfflineDistillation(model, None, OmegaConf.structured(MethodConfig(name="sft")), cfg.optim, steps,
-                                 len(tok))
-    fit(module, dm, make_trainer(cfg, steps))
-    return module, dm
+    return tiny_tokenizer(ROWS["train"])
 
 
 @pytest.fixture(scope="module")
 def teacher(tokenizer):
-    model = _model(tokenizer, seed=1, hidden=48)
-    _sft(model, tokenizer, ROWS["train"], steps=120)  # fewer steps leave a teacher that repeats one letter
+    # 120 steps: fewer leave a teacher that repeats one letter.
+    model = sft(tiny_model(tokenizer, seed=1, hidden=48), tokenizer, ROWS, 120, seed=1)
     return SimpleNamespace(model=freeze(model), tokenizer=tokenizer, name="teacher-test", fingerprint="teacher-test-1")
 
 
@@ -113,8 +89,8 @@ def test_seqkd_moves_the_student_toward_the_teacher(teacher, tokenizer, tmp_path
     data = teacher_answers(ROWS["train"], teacher, cfg_q, 256, None, show_progress=False)
     held_out = teacher_answers(ROWS["validation"], teacher, cfg_q, 256, None, show_progress=False)
     torch.manual_seed(0)
-    student = _model(tokenizer, seed=0)
-    cfg = _trainer_cfg(40)
+    student = tiny_model(tokenizer, seed=0)
+    cfg = trainer_cfg(40)
     dm = InstructionDataModule(data.rows, held_out.rows, tokenizer, 16, seed=0)
     module = OfflineDistillation(student, None, OmegaConf.structured(MethodConfig(name="seqkd", kind="seqkd")),
                                  cfg.optim, 40, len(tokenizer))
