@@ -156,3 +156,19 @@ def test_chunk_rows_hold_a_fixed_number_of_logits_unless_rows_are_set():
     assert chunk_rows(m, 900) == 4660  # the embedded benchmark: every response row in one chunk
     assert chunk_rows(MethodConfig(name="kd", chunk_elements=10), 32000) == 1  # never zero rows
     assert chunk_rows(MethodConfig(name="kd", chunk_size=7), 32000) == 7
+
+
+def test_a_student_loaded_in_eval_mode_trains_in_train_mode(tokenizer, teacher):
+    """from_pretrained hands back eval mode (dropout off); fitting must switch the student, never the teacher."""
+    student = _model(tokenizer, seed=0)
+    student.eval()
+    seen = []
+    student.model.register_forward_pre_hook(lambda mod, args: seen.append(mod.training))  # the decoder stack
+    cfg = _trainer_cfg(2)
+    dm = InstructionDataModule(ROWS["train"], ROWS["validation"], tokenizer, 16, seed=0)
+    module = OfflineDistillation(student, teacher, OmegaConf.structured(MethodConfig(name="kd", divergence="forward_kl",
+                                                                                      alpha=0.5)),
+                                 cfg.optim, 2, len(tokenizer))
+    fit(module, dm, make_trainer(cfg, 2))
+    assert seen and seen[0] is True
+    assert not teacher.training

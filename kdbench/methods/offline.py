@@ -141,6 +141,9 @@ class OfflineDistillation(L.LightningModule):
         return self._teacher[0] if self._teacher else None
 
     def on_fit_start(self):
+        # from_pretrained returns a model in eval mode (a real student's dropout off, e.g. GPT-2's 0.1): training
+        # runs in train mode whatever mode the student was loaded in. The teacher is no submodule: it stays frozen.
+        self.train()
         if self.teacher is not None:
             self.teacher.to(self.device)
 
