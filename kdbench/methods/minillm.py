@@ -30,6 +30,7 @@ Where kdbench differs from both, by necessity: the pretraining term reads the ba
 embedded benchmark has no pretraining corpus; MiniLLM uses OpenWebText), a rollout is one batch of prompts reused
 for ppo_epochs steps (the official store holds num_rollouts samples), the EOS a sample ends with is an action like
 any other token, and whitening uses the response positions only (the official `whiten` also counts padding).
+Not yet: trainer.micro_batch_size does not split MiniLLM's step (the rollout and the data batch run whole).
 """
 
 from __future__ import annotations
@@ -216,8 +217,9 @@ class MiniLLMDistillation(OfflineDistillation):
         self.tokens_seen += sum(int(p["attention_mask"].sum()) for p in parts) + int(
             self.rollout.batch["attention_mask"].sum())
         logs = {"train/loss": float(loss.detach()), "train/pg": float(rl["pg"].detach()),
-                "train/single_step": float(rl["single_step"].detach()), "train/pt": float(pt.detach()), "train/reward": self.rollout.reward_per_token,
-                "train/rollout_reverse_kl": self.rollout.reverse_kl, "train/lr": sched.get_last_lr()[0]}
+                "train/single_step": float(rl["single_step"].detach()), "train/pt": float(pt.detach()),
+                "train/reward": self.rollout.reward_per_token, "train/rollout_reverse_kl": self.rollout.reverse_kl,
+                "train/lr": sched.get_last_lr()[0]}
         logs["train/tokens_per_s"] = self.tokens_seen / max(time.perf_counter() - self._t0, 1e-9)
         self.log_dict(logs, on_step=True, on_epoch=False, batch_size=sum(p["input_ids"].shape[0] for p in parts))
         self.log("loss", logs["train/loss"], prog_bar=True, on_step=True, logger=False)
