@@ -95,3 +95,18 @@ def sft(model, tok, rows: dict, steps: int, seed: int = 0):
     fit(OfflineDistillation(model, None, OmegaConf.structured(MethodConfig(name="sft")), trainer_cfg(steps).optim,
                             steps, len(tok)), dm, make_trainer(trainer_cfg(steps), steps))
     return model
+
+
+@pytest.fixture(scope="session")
+def small_tokenizer():
+    """The tokenizer of small_splits()'s train rows, shared by the method tests."""
+    return tiny_tokenizer(small_splits()["train"])
+
+
+@pytest.fixture(scope="session")
+def small_teacher(small_tokenizer):
+    """A frozen teacher that has learned something: 120 sft steps (fewer leave one that repeats a letter), 48 wide.
+    Shared read-only by every method test; a random teacher is near-uniform, nothing to distill."""
+    from kdbench.models.loading import freeze
+
+    return freeze(sft(tiny_model(small_tokenizer, seed=1, hidden=48), small_tokenizer, small_splits(), 120, seed=1))

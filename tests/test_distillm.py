@@ -9,7 +9,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from conftest import sft, small_splits, tiny_model, tiny_tokenizer, trainer_cfg
+from conftest import small_splits, tiny_model, trainer_cfg
 
 from kdbench.data.datamodule import InstructionDataModule, collate
 from kdbench.losses import skew_forward_kl
@@ -17,7 +17,6 @@ from kdbench.methods.distillm import (AdaptiveThreshold, DistiLLMDistillation, R
                                       fresh_probability)
 from kdbench.methods.fit import fit, make_trainer
 from kdbench.methods.offline import response_logits
-from kdbench.models.loading import freeze
 from kdbench.schema import DistiLLMConfig, MethodConfig
 
 ROWS = small_splits()
@@ -58,20 +57,16 @@ def test_items_round_trip_through_a_collated_batch():
     assert _items_of(collate(items, pad_id=1)) == items
 
 
-@pytest.fixture(scope="module")
-def tokenizer():
-    return tiny_tokenizer(ROWS["train"])
-
-
 def _distillm(**kw) -> object:
     return OmegaConf.structured(MethodConfig(name="distillm", kind="distillm", divergence="skew_forward_kl",
                                              divergence_hp={"alpha": 0.1}, alpha=1.0,
                                              distillm=DistiLLMConfig(max_new_tokens=16, capacity=64, **kw)))
 
 
-def test_choice_follows_the_threshold(tokenizer):
-    m = DistiLLMDistillation(tiny_model(tokenizer, 0), tiny_model(tokenizer, 1), _distillm(), trainer_cfg(100).optim, 100,
-                             len(tokenizer), tokenizer.pad_token_id, tokenizer.eos_token_id, seed=0)
+def test_choice_follows_the_threshold(small_tokenizer):
+    tok = small_tokenizer
+    m = DistiLLMDistillation(tiny_model(tok, 0), tiny_model(tok, 1), _distillm(), trainer_cfg(100).optim, 100,
+                             len(tok), tok.pad_token_id, tok.eos_token_id, seed=0)
     assert {m.choose(s) for s in range(200)} == {"data"}  # threshold 0: the data only
     m.threshold.value = 1.0
     assert {m.choose(s) for s in range(50)} == {"fresh"}  # buffer not full: every draw under 1 samples afresh
@@ -80,23 +75,22 @@ def test_choice_follows_the_threshold(tokenizer):
     assert 20 < picks.count("fresh") < 65 and picks.count("data") == 0
 
 
-def test_distillm_run_brings_in_student_outputs_and_moves_toward_the_teacher(tokenizer):
+def test_distillm_run_brings_in_student_outputs_and_moves_toward_the_teacher(small_tokenizer, small_teacher):
     """init_threshold 0.5 so that student outputs come in within a short run (the default 0 waits for the
     validation loss to rise); the held-out skew KL to the teacher falls."""
-    teacher = freeze(sft(tiny_model(tokenizer, seed=1, hidden=48), tokenizer, ROWS, 120, seed=1))
-    dm = InstructionDataModule(ROWS["train"], ROWS["validation"], tokenizer, 16, seed=0)
+    dm = InstructionDataModule(ROWS["train"], ROWS["validation"], small_tokenizer, 16, seed=0)
     torch.manual_seed(0)
-    module = DistiLLMDistillation(tiny_model(tokenizer, seed=0), teacher, _distillm(init_threshold=0.5),
-                                  trainer_cfg(40).optim, 40, len(tokenizer), tokenizer.pad_token_id,
-                                  tokenizer.eos_token_id, seed=0)
+    module = DistiLLMDistillation(tiny_model(small_tokenizer, seed=0), small_teacher, _distillm(init_threshold=0.5),
+                                  trainer_cfg(40).optim, 40, len(small_tokenizer), small_tokenizer.pad_token_id,
+                                  small_tokenizer.eos_token_id, seed=0)
 
     def held_out() -> float:
         module.student.eval()
         total = n = 0.0
         with torch.no_grad():
             for b in dm.val_dataloader():
-                s, targets = response_logits(module.student, b, len(tokenizer))
-                t, _ = response_logits(teacher, b, len(tokenizer))
+                s, targets = response_logits(module.student, b, len(small_tokenizer))
+                t, _ = response_logits(small_teacher, b, len(small_tokenizer))
                 total += float(skew_forward_kl(s, t, alpha=0.1).sum())
                 n += targets.numel()
         return total / n

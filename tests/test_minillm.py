@@ -10,7 +10,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from conftest import sft, small_splits, tiny_model, tiny_tokenizer, trainer_cfg
+from conftest import sft, small_splits, tiny_model, trainer_cfg
 
 from kdbench.data.datamodule import InstructionDataModule
 from kdbench.data.template import render_prompt
@@ -18,7 +18,6 @@ from kdbench.generation.mixed import mixed_sample
 from kdbench.methods.fit import fit, make_trainer
 from kdbench.methods.minillm import (MiniLLMDistillation, advantages, collect_rollout, from_grid, ppo_loss,
                                      response_grid, returns, to_grid, tokens_left)
-from kdbench.models.loading import freeze
 from kdbench.schema import MethodConfig, MiniLLMConfig
 
 ROWS = small_splits()
@@ -79,36 +78,28 @@ def test_grid_round_trip():
     assert from_grid(to_grid(flat, lengths, 3), lengths).tolist() == flat.tolist()
 
 
-@pytest.fixture(scope="module")
-def tokenizer():
-    return tiny_tokenizer(ROWS["train"])
-
-
-@pytest.fixture(scope="module")
-def teacher(tokenizer):
-    return freeze(sft(tiny_model(tokenizer, seed=1, hidden=48), tokenizer, ROWS, 120, seed=1))
-
-
 def _prompts(tok, rows):
     return [tok(render_prompt(r["instruction"], r["input"]))["input_ids"] for r in rows]
 
 
-def test_teacher_mixed_sampling_with_alpha_one_ignores_the_student(tokenizer, teacher):
-    prompts = _prompts(tokenizer, ROWS["validation"][:6])
-    kw = dict(alpha=1.0, max_new_tokens=12, pad_id=tokenizer.pad_token_id, eos_id=tokenizer.eos_token_id,
-              vocab_size=len(tokenizer), seed=4)
-    a = mixed_sample(tiny_model(tokenizer, 0), teacher, prompts, **kw)
-    b = mixed_sample(tiny_model(tokenizer, 7), teacher, prompts, **kw)
+def test_teacher_mixed_sampling_with_alpha_one_ignores_the_student(small_tokenizer, small_teacher):
+    prompts = _prompts(small_tokenizer, ROWS["validation"][:6])
+    tok = small_tokenizer
+    kw = dict(alpha=1.0, max_new_tokens=12, pad_id=tok.pad_token_id, eos_id=tok.eos_token_id, vocab_size=len(tok),
+              seed=4)
+    a = mixed_sample(tiny_model(small_tokenizer, 0), small_teacher, prompts, **kw)
+    b = mixed_sample(tiny_model(small_tokenizer, 7), small_teacher, prompts, **kw)
     assert a == b and all(1 <= len(x) <= 12 for x in a)
-    assert all(x[-1] == tokenizer.eos_token_id or len(x) == 12 for x in a)
-    assert mixed_sample(tiny_model(tokenizer, 0), teacher, prompts, **{**kw, "alpha": 0.0}) != a
+    assert all(x[-1] == small_tokenizer.eos_token_id or len(x) == 12 for x in a)
+    assert mixed_sample(tiny_model(small_tokenizer, 0), small_teacher, prompts, **{**kw, "alpha": 0.0}) != a
 
 
-def test_rollout_weights_are_one_without_mixing(tokenizer, teacher):
-    prompts = _prompts(tokenizer, ROWS["validation"][:4])
+def test_rollout_weights_are_one_without_mixing(small_tokenizer, small_teacher):
+    prompts = _prompts(small_tokenizer, ROWS["validation"][:4])
     cfg = MiniLLMConfig(teacher_mixed_alpha=0.0, max_new_tokens=8)
-    ro = collect_rollout(tiny_model(tokenizer, 0), teacher, prompts, cfg, len(tokenizer), tokenizer.pad_token_id,
-                         tokenizer.eos_token_id, seed=0)
+    tok = small_tokenizer
+    ro = collect_rollout(tiny_model(tok, 0), small_teacher, prompts, cfg, len(tok), tok.pad_token_id, tok.eos_token_id,
+                         seed=0)
     assert torch.allclose(ro.weights, torch.ones_like(ro.weights))
     assert ro.old_logprobs.shape == ro.advantages.shape == (ro.tokens,)
 
@@ -122,17 +113,18 @@ def _own_sample_reverse_kl(student, teacher, tok) -> float:
     return ro.reverse_kl
 
 
-def test_minillm_lowers_the_reverse_kl_of_its_own_samples(tokenizer, teacher):
+def test_minillm_lowers_the_reverse_kl_of_its_own_samples(small_tokenizer, small_teacher):
     torch.manual_seed(0)
-    warm = sft(tiny_model(tokenizer, seed=0), tokenizer, ROWS, 20)
-    before = _own_sample_reverse_kl(warm, teacher, tokenizer)
+    warm = sft(tiny_model(small_tokenizer, seed=0), small_tokenizer, ROWS, 20)
+    before = _own_sample_reverse_kl(warm, small_teacher, small_tokenizer)
     student = copy.deepcopy(warm)
     method = OmegaConf.structured(MethodConfig(name="minillm", kind="minillm", divergence="forward_kl", alpha=0.5,
                                                minillm=MiniLLMConfig(max_new_tokens=24)))
-    module = MiniLLMDistillation(student, teacher, method, trainer_cfg(32, lr=3e-3).optim, 32, len(tokenizer),
-                                 tokenizer.pad_token_id, tokenizer.eos_token_id, seed=0)
-    dm = InstructionDataModule(ROWS["train"], ROWS["validation"], tokenizer, 16, seed=0)
+    tok = small_tokenizer
+    module = MiniLLMDistillation(student, small_teacher, method, trainer_cfg(32, lr=3e-3).optim, 32, len(tok),
+                                 tok.pad_token_id, tok.eos_token_id, seed=0)
+    dm = InstructionDataModule(ROWS["train"], ROWS["validation"], small_tokenizer, 16, seed=0)
     fit(module, dm, make_trainer(trainer_cfg(32, lr=3e-3), 32))
-    after = _own_sample_reverse_kl(student, teacher, tokenizer)
+    after = _own_sample_reverse_kl(student, small_teacher, small_tokenizer)
     assert module.rollouts == 8 and module.generated_tokens > 0  # one rollout per 4 PPO steps
     assert after < 0.8 * before, (before, after)

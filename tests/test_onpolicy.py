@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import copy
 
-import pytest
 import torch
 from omegaconf import OmegaConf
 
-from conftest import sft, small_splits, tiny_model, tiny_tokenizer, trainer_cfg
+from conftest import sft, small_splits, tiny_model, trainer_cfg
 
 from kdbench.data.datamodule import IGNORE, InstructionDataModule, collate
 from kdbench.data.template import render_prompt
@@ -17,20 +16,9 @@ from kdbench.losses import generalized_jsd
 from kdbench.methods.fit import fit, make_trainer
 from kdbench.methods.offline import response_logits
 from kdbench.methods.onpolicy import OnPolicyDistillation, prompts_of_batch, sampling_settings, student_batch
-from kdbench.models.loading import freeze
 from kdbench.schema import MethodConfig, OnPolicyConfig
 
 ROWS = small_splits()
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return tiny_tokenizer(ROWS["train"])
-
-
-@pytest.fixture(scope="module")
-def teacher(tokenizer):
-    return freeze(sft(tiny_model(tokenizer, seed=1, hidden=48), tokenizer, ROWS, 120, seed=1))
 
 
 def _gkd(lmbda: float) -> object:
@@ -45,11 +33,12 @@ def test_prompts_of_batch_recovers_each_rows_prompt():
     assert prompts_of_batch(batch) == [[5, 6, 7], [9]]
 
 
-def test_student_batch_puts_the_samples_after_the_prompts(tokenizer):
-    student = tiny_model(tokenizer, seed=0)
-    prompts = [tokenizer(render_prompt(r["instruction"], r["input"]))["input_ids"] for r in ROWS["validation"][:6]]
+def test_student_batch_puts_the_samples_after_the_prompts(small_tokenizer):
+    tok = small_tokenizer
+    student = tiny_model(tok, seed=0)
+    prompts = [tok(render_prompt(r["instruction"], r["input"]))["input_ids"] for r in ROWS["validation"][:6]]
     settings = sampling_settings(OnPolicyConfig(max_new_tokens=12), batch_size=4, seed=3)
-    batch, n_new = student_batch(student, prompts, settings, tokenizer.pad_token_id, tokenizer.eos_token_id)
+    batch, n_new = student_batch(student, prompts, settings, tok.pad_token_id, tok.eos_token_id)
     assert n_new > 0
     assert prompts_of_batch(batch) == prompts  # the prompts are untouched, the responses are the labels
     for j, p in enumerate(prompts):
@@ -58,50 +47,52 @@ def test_student_batch_puts_the_samples_after_the_prompts(tokenizer):
         n_resp = int((labels != IGNORE).sum())
         assert 1 <= n_resp <= 12
     # Seeded: the same settings give the same samples.
-    again, _ = student_batch(student, prompts, settings, tokenizer.pad_token_id, tokenizer.eos_token_id)
+    again, _ = student_batch(student, prompts, settings, tok.pad_token_id, tok.eos_token_id)
     assert torch.equal(again["input_ids"], batch["input_ids"])
 
 
-def _jsd_on_own_samples(student, teacher, tokenizer) -> float:
+def _jsd_on_own_samples(student, teacher, tok) -> float:
     """GKD's objective, held out: the generalized JSD to the teacher at the positions of the student's own samples
     (fixed seed) for the validation prompts."""
-    prompts = [tokenizer(render_prompt(r["instruction"], r["input"]))["input_ids"] for r in ROWS["validation"]]
+    prompts = [tok(render_prompt(r["instruction"], r["input"]))["input_ids"] for r in ROWS["validation"]]
     settings = sampling_settings(OnPolicyConfig(max_new_tokens=24), batch_size=32, seed=5)
-    batch, _ = student_batch(student, prompts, settings, tokenizer.pad_token_id, tokenizer.eos_token_id)
+    batch, _ = student_batch(student, prompts, settings, tok.pad_token_id, tok.eos_token_id)
     with torch.no_grad():
-        s, _ = response_logits(student, batch, len(tokenizer))
-        t, _ = response_logits(teacher, batch, len(tokenizer))
+        s, _ = response_logits(student, batch, len(tok))
+        t, _ = response_logits(teacher, batch, len(tok))
     return float(generalized_jsd(s, t, beta=0.5).mean())
 
 
-def test_gkd_moves_the_student_toward_the_teacher_on_its_own_samples(tokenizer, teacher):
+def test_gkd_moves_the_student_toward_the_teacher_on_its_own_samples(small_tokenizer, small_teacher):
     """Warm-started with a few sft steps, as GKD starts (a random student's samples are noise the teacher can say
     little about), then 30 steps with lambda = 1 (every step on the student's own samples) and lambda = 0 (every
     step on the data, no sampling). Both lower the held-out JSD on the student's own samples; on-policy more."""
     torch.manual_seed(0)
-    dm = InstructionDataModule(ROWS["train"], ROWS["validation"], tokenizer, 16, seed=0)
-    warm = sft(tiny_model(tokenizer, seed=0), tokenizer, ROWS, 20)
-    before = _jsd_on_own_samples(warm, teacher, tokenizer)
+    dm = InstructionDataModule(ROWS["train"], ROWS["validation"], small_tokenizer, 16, seed=0)
+    warm = sft(tiny_model(small_tokenizer, seed=0), small_tokenizer, ROWS, 20)
+    before = _jsd_on_own_samples(warm, small_teacher, small_tokenizer)
     after = {}
     for lmbda in (0.0, 1.0):
         student = copy.deepcopy(warm)
-        module = OnPolicyDistillation(student, teacher, _gkd(lmbda), trainer_cfg(30).optim, 30, len(tokenizer),
-                                      tokenizer.pad_token_id, tokenizer.eos_token_id, seed=0)
+        tok = small_tokenizer
+        module = OnPolicyDistillation(student, small_teacher, _gkd(lmbda), trainer_cfg(30).optim, 30, len(tok),
+                                      tok.pad_token_id, tok.eos_token_id, seed=0)
         fit(module, dm, make_trainer(trainer_cfg(30), 30))
-        after[lmbda] = _jsd_on_own_samples(student, teacher, tokenizer)
+        after[lmbda] = _jsd_on_own_samples(student, small_teacher, small_tokenizer)
         if lmbda == 1.0:
             assert module.onpolicy_steps == 30 and module.generated_tokens > 0
         else:
             assert module.onpolicy_steps == 0 and module.generated_tokens == 0
     assert after[0.0] < 0.9 * before and after[1.0] < 0.8 * before, (before, after)
     assert after[1.0] < after[0.0], after  # on-policy steps target exactly these prefixes
-    assert all(not p.requires_grad for p in teacher.parameters())
+    assert all(not p.requires_grad for p in small_teacher.parameters())
 
 
-def test_the_lambda_coin_is_seeded_and_fair(tokenizer, teacher):
+def test_the_lambda_coin_is_seeded_and_fair(small_tokenizer, small_teacher):
     def coins(seed):
-        m = OnPolicyDistillation(tiny_model(tokenizer, seed=0), teacher, _gkd(0.5), trainer_cfg(1).optim, 1,
-                                 len(tokenizer), tokenizer.pad_token_id, tokenizer.eos_token_id, seed=seed)
+        tok = small_tokenizer
+        m = OnPolicyDistillation(tiny_model(tok, seed=0), small_teacher, _gkd(0.5), trainer_cfg(1).optim, 1, len(tok),
+                                 tok.pad_token_id, tok.eos_token_id, seed=seed)
         return [m._coin.random() < 0.5 for _ in range(400)]
 
     assert coins(0) == coins(0) and coins(0) != coins(1)

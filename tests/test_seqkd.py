@@ -13,12 +13,11 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from conftest import TINY_RUN, sft, small_splits, tiny_model, tiny_tokenizer, trainer_cfg
+from conftest import TINY_RUN, small_splits, tiny_model, trainer_cfg
 from kdbench.data.datamodule import InstructionDataModule
 from kdbench.methods.fit import fit, make_trainer
 from kdbench.methods.offline import OfflineDistillation, response_logits
 from kdbench.methods.seqkd import prompts_needed, teacher_answers
-from kdbench.models.loading import freeze
 from kdbench.models.tokenizer import train_bpe_tokenizer
 from kdbench.schema import MethodConfig, SeqKDConfig
 
@@ -26,15 +25,10 @@ ROWS = small_splits()
 
 
 @pytest.fixture(scope="module")
-def tokenizer():
-    return tiny_tokenizer(ROWS["train"])
-
-
-@pytest.fixture(scope="module")
-def teacher(tokenizer):
-    # 120 steps: fewer leave a teacher that repeats one letter.
-    model = sft(tiny_model(tokenizer, seed=1, hidden=48), tokenizer, ROWS, 120, seed=1)
-    return SimpleNamespace(model=freeze(model), tokenizer=tokenizer, name="teacher-test", fingerprint="teacher-test-1")
+def teacher(small_teacher, small_tokenizer):
+    """The shared small teacher as seqkd sees a loaded teacher: model, tokenizer, name, fingerprint."""
+    return SimpleNamespace(model=small_teacher, tokenizer=small_tokenizer, name="teacher-test",
+                           fingerprint="teacher-test-1")
 
 
 def _imitation(teacher_model, module, dm) -> tuple[float, float]:
@@ -81,7 +75,7 @@ def test_teacher_answers_replace_the_outputs_and_come_back_from_the_cache(teache
     assert not other.cache_hit
 
 
-def test_seqkd_moves_the_student_toward_the_teacher(teacher, tokenizer, tmp_path):
+def test_seqkd_moves_the_student_toward_the_teacher(teacher, small_tokenizer, tmp_path):
     """Held out = the teacher's own answers to the validation prompts: where SeqKD's objective lives (a 40-step
     teacher's greedy answers are far from the gold ones). Token-level forward KL is the wrong yardstick here: on
     hard targets the student grows surer than a high-entropy teacher, and that KL can rise while it imitates."""
@@ -89,11 +83,11 @@ def test_seqkd_moves_the_student_toward_the_teacher(teacher, tokenizer, tmp_path
     data = teacher_answers(ROWS["train"], teacher, cfg_q, 256, None, show_progress=False)
     held_out = teacher_answers(ROWS["validation"], teacher, cfg_q, 256, None, show_progress=False)
     torch.manual_seed(0)
-    student = tiny_model(tokenizer, seed=0)
+    student = tiny_model(small_tokenizer, seed=0)
     cfg = trainer_cfg(40)
-    dm = InstructionDataModule(data.rows, held_out.rows, tokenizer, 16, seed=0)
+    dm = InstructionDataModule(data.rows, held_out.rows, small_tokenizer, 16, seed=0)
     module = OfflineDistillation(student, None, OmegaConf.structured(MethodConfig(name="seqkd", kind="seqkd")),
-                                 cfg.optim, 40, len(tokenizer))
+                                 cfg.optim, 40, len(small_tokenizer))
     nll0, agree0 = _imitation(teacher.model, module, dm)
     fit(module, dm, make_trainer(cfg, 40))
     nll1, agree1 = _imitation(teacher.model, module, dm)
