@@ -234,6 +234,13 @@ class GenerationConfig:
     seed: int = 0
 
 
+def sampling_settings(cfg, batch_size: int, seed: int, do_sample: bool = True) -> GenerationConfig:
+    """Generation settings from a method's sampling block (anything with temperature, top_p, top_k and
+    max_new_tokens: method.seqkd, .onpolicy, .distillm)."""
+    return GenerationConfig(do_sample=do_sample, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
+                            max_new_tokens=cfg.max_new_tokens, batch_size=batch_size, seed=seed)
+
+
 @dataclass
 class ClassificationConfig:
     """Zero-shot label scoring of a classification set (calibration): each row's prompt is followed by every label

@@ -2,8 +2,9 @@
 
 ROUGE-L: rouge-score's RougeScorer(['rougeL'], use_stemmer=True) F-measure, the maximum over a row's
 references, averaged over rows, x 100 (rouge-score's tokenizer, memoized, and a bit-parallel LCS: the same numbers,
-tested against rouge-score itself, at a fraction of its cost). Exact match here is strict: the whole answer, case and punctuation
-included, after stripping surrounding whitespace (models often emit a leading space after "Response:\\n").
+tested against rouge-score itself, at a fraction of its cost). Exact match here is strict: the whole answer, case
+and punctuation included, after stripping surrounding whitespace (models often emit a leading space after
+"Response:\\n").
 `normalized_exact_match` is MiniLLM's own exact match (see `normalize_answer`).
 """
 

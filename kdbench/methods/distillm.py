@@ -26,8 +26,8 @@ from collections import deque
 
 from kdbench.data.datamodule import collate
 from kdbench.methods.offline import OfflineDistillation
-from kdbench.methods.onpolicy import prompts_of_batch, student_batch
-from kdbench.schema import GenerationConfig
+from kdbench.methods.onpolicy import prompts_of_batch, step_seed, student_batch
+from kdbench.schema import sampling_settings
 
 SCHEDULES = ("decreasing", "increasing", "constant")
 
@@ -111,9 +111,7 @@ class DistiLLMDistillation(OfflineDistillation):
         out = []
         for k, part in enumerate(parts):
             prompts = prompts_of_batch(part)
-            settings = GenerationConfig(do_sample=True, temperature=d.temperature, top_p=d.top_p, top_k=d.top_k,
-                                        max_new_tokens=d.max_new_tokens, batch_size=len(prompts),
-                                        seed=self.seed * 1_000_003 + step * 7 + k)
+            settings = sampling_settings(d, len(prompts), step_seed(self.seed, step, k))
             batch, n_new = student_batch(self.student, prompts, settings, self.pad_id, self.eos_id)
             self.generated_tokens += n_new
             self.buffer.add(_items_of(batch))
@@ -171,10 +169,5 @@ class DistiLLMDistillation(OfflineDistillation):
 
 def _items_of(batch: dict) -> list[dict]:
     """A collated batch back into (prompt ids, response ids) items for the replay buffer."""
-    items = []
-    for ids, mask, labels in zip(batch["input_ids"], batch["attention_mask"], batch["labels"]):
-        n = int(mask.sum())
-        response = (labels[:n] != -100).nonzero()
-        start = int(response[0]) if len(response) else n
-        items.append({"prompt_ids": ids[:start].tolist(), "response_ids": ids[start:n].tolist()})
-    return items
+    return [{"prompt_ids": p, "response_ids": ids[len(p):int(mask.sum())].tolist()}
+            for p, ids, mask in zip(prompts_of_batch(batch), batch["input_ids"], batch["attention_mask"])]

@@ -18,7 +18,7 @@ import random
 from kdbench.data.datamodule import IGNORE, collate
 from kdbench.generation.engine import generate_ids
 from kdbench.methods.offline import OfflineDistillation
-from kdbench.schema import GenerationConfig
+from kdbench.schema import sampling_settings
 
 
 def prompts_of_batch(batch: dict) -> list[list[int]]:
@@ -31,10 +31,9 @@ def prompts_of_batch(batch: dict) -> list[list[int]]:
     return out
 
 
-def sampling_settings(onpolicy_cfg, batch_size: int, seed: int) -> GenerationConfig:
-    q = onpolicy_cfg
-    return GenerationConfig(do_sample=True, temperature=q.temperature, top_p=q.top_p, top_k=q.top_k,
-                            max_new_tokens=q.max_new_tokens, batch_size=batch_size, seed=seed)
+def step_seed(run_seed: int, step: int, part: int) -> int:
+    """One sampling seed per (optimizer step, batch part): reproducible, and new samples at every step and epoch."""
+    return run_seed * 1_000_003 + step * 7 + part
 
 
 def student_batch(student, prompts: list[list[int]], settings, pad_id: int, eos_id: int) -> tuple[dict, int]:
@@ -62,9 +61,7 @@ class OnPolicyDistillation(OfflineDistillation):
             new_parts = []
             for k, part in enumerate(parts):
                 prompts = prompts_of_batch(part)
-                # One seed per (optimizer step, part): reproducible, and new samples at every step and epoch.
-                settings = sampling_settings(self.onpolicy, len(prompts),
-                                             self.seed * 1_000_003 + self.global_step * 7 + k)
+                settings = sampling_settings(self.onpolicy, len(prompts), step_seed(self.seed, self.global_step, k))
                 sampled, n_new = student_batch(self.student, prompts, settings, self.pad_id, self.eos_id)
                 self.generated_tokens += n_new
                 new_parts.append({key: v.to(device) for key, v in sampled.items()})

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 from kdbench.data.datamodule import prompt_of
 from kdbench.generation.cache import cached_generate
 from kdbench.generation.engine import generate
-from kdbench.schema import GenerationConfig
+from kdbench.schema import sampling_settings
 
 log = logging.getLogger(__name__)
 
@@ -44,18 +44,12 @@ def prompts_needed(seqkd_cfg, max_steps: int, batch_size: int, available: int) -
     return min(int(wanted), available)
 
 
-def teacher_generation_settings(seqkd_cfg) -> GenerationConfig:
-    q = seqkd_cfg
-    return GenerationConfig(do_sample=q.do_sample, temperature=q.temperature, top_p=q.top_p, top_k=q.top_k,
-                            max_new_tokens=q.max_new_tokens, batch_size=q.batch_size, seed=q.seed)
-
-
 def teacher_answers(rows: list[dict], teacher, seqkd_cfg, max_prompt_length: int, cache_dir: str | None,
                     show_progress: bool = True) -> TeacherData:
     """`rows` with each `output` replaced by the teacher's answer to the row's prompt (same Alpaca prompt the
     student trains on), rows whose answer is empty dropped; the ground truth is kept as `reference`."""
     prompts = [prompt_of(r) for r in rows]
-    settings = teacher_generation_settings(seqkd_cfg)
+    settings = sampling_settings(seqkd_cfg, seqkd_cfg.batch_size, seqkd_cfg.seed, seqkd_cfg.do_sample)
 
     def run():
         return generate(teacher.model, teacher.tokenizer, prompts, settings, max_prompt_length,
