@@ -92,10 +92,10 @@ class SourceConfig:
 @dataclass
 class EmbeddedConfig:
     seed: int = 0
-    version: int = 3
+    version: int = 4
     train_size: int = 40000
     validation_size: int = 500
-    test_size: int = 2100
+    test_size: int = 2400
     vocab_size: int = 1024
 
 

@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 from kdbench.data import embedded
 from kdbench.data.datamodule import (IGNORE, EncodedDataset, InstructionDataModule, ShuffledBatchSampler, collate,
                                      encode_row, split_by_length)
-from kdbench.data.embedded import (BENCHMARK_VERSION, FAMILIES, NEGATIVE, POSITIVE,
+from kdbench.data.embedded import (BENCHMARK_VERSION, EVAL_WEIGHTS, FAMILIES, NEGATIVE, POSITIVE,
                                    SENTIMENT_LABELS, SplitSizes, generate_splits)
 from kdbench.data.sources import DataError, load_rows, read_hf, read_jsonl
 from kdbench.data.template import render_prompt
@@ -79,9 +79,13 @@ def test_default_benchmark_size_and_families(default_splits):
     families = {r["category"] for r in default_splits["test"]}
     assert len(families) >= 6
     assert families == set(FAMILIES)
-    # balanced: every family holds about 1/7 of the test split
-    counts = [sum(r["category"] == f for r in default_splits["test"]) for f in FAMILIES]
-    assert max(counts) - min(counts) <= 1
+    # every family holds its EVAL_WEIGHTS share of the test split exactly; the two a one-layer model cannot
+    # learn (sort, filter) hold half of it between them
+    total = sum(EVAL_WEIGHTS.values())
+    for f in FAMILIES:
+        count = sum(r["category"] == f for r in default_splits["test"])
+        assert count == len(default_splits["test"]) * EVAL_WEIGHTS[f] // total, f
+    assert EVAL_WEIGHTS["sort"] + EVAL_WEIGHTS["filter"] == total / 2
 
 
 def test_splits_share_no_prompt(default_splits):
@@ -173,11 +177,25 @@ def test_rule_sentiment(small_splits):
 def test_rule_profile(small_splits):
     rows = by_family(small_splits["train"], "profile")
     for r in rows:
+        header, *table = r["input"].split("\n")
+        assert header == "name | city | job"
         expected = []
-        for line in r["input"].split("\n"):
-            f = dict(kv.split(": ") for kv in line.split("; "))
-            expected.append(f"{f['name']} lives in {f['city']} and works as a {f['job']}.")
-        assert r["output"] == " ".join(expected)
+        for line in table:
+            name, city, job = line.split(" | ")
+            expected.append(f"{name} lives in {city} and works as a {job}.")
+        assert r["output"] == "\n".join(expected)
+
+
+def test_profile_names_are_the_same_token_in_table_and_answer(small_splits, tok):
+    # v3's teacher copied no first name right: the table had ` Bob` (after `name:`), the answer opened with
+    # `Bob`, another token. Now both start a line, so the answer's name tokens occur in the table as they are.
+    for r in by_family(small_splits["test"], "profile"):
+        table = tok(r["input"], add_special_tokens=False)["input_ids"]
+        for line in r["output"].split("\n"):
+            name_ids = tok("\n" + line, add_special_tokens=False)["input_ids"][1:2]
+            first_ids = tok(line, add_special_tokens=False)["input_ids"][:1]
+            assert name_ids == first_ids, line  # the answer's first name tokenizes like the later ones
+            assert first_ids[0] in table, (line, r["input"])
 
 
 def test_profile_is_long_sometimes(small_splits, tok):
@@ -185,7 +203,7 @@ def test_profile_is_long_sometimes(small_splits, tok):
     lengths = [len(tok(r["output"], add_special_tokens=False)["input_ids"]) for r in rows]
     assert max(lengths) >= 60
     assert sum(n >= 60 for n in lengths) >= len(lengths) // 10
-    assert {len(r["input"].split("\n")) for r in rows} == set(range(2, 8))  # 2-7 people per table
+    assert {len(r["input"].split("\n")) - 1 for r in rows} == set(range(2, 8))  # 2-7 people under the header
 
 
 def test_generators_share_no_global_state():

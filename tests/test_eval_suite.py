@@ -107,9 +107,11 @@ def test_embedded_sets_and_the_light_profile():
     assert e.agreement.enabled and e.agreement.set == "embedded_test"
     assert not (e.sampling.enabled or e.exposure_bias.enabled or e.lm_eval.tasks)
     assert e.sets.embedded_test.metrics == ["rouge_l", "exact_match"]  # strict on the embedded set
-    assert len(load_set_rows(e.sets.embedded_test, e, cfg.data.embedded)) == 60
+    test_rows = load_set_rows(e.sets.embedded_test, e, cfg.data.embedded)
+    assert len(test_rows) == 60
     items = load_items("embedded_sentiment", e.sets.embedded_sentiment, e, cfg.data.embedded)
-    assert items.label_words == ["positive", "negative", "neutral"] and len(items.prompts) == 10
+    n_sentiment = sum(r["category"] == "sentiment" for r in test_rows)
+    assert items.label_words == ["positive", "negative", "neutral"] and len(items.prompts) == n_sentiment >= 7
     assert set(items.labels) <= {0, 1, 2}
 
 

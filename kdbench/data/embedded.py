@@ -12,7 +12,11 @@ ordered list in memory (reverse, sort), a comparison across the list (largest), 
 ordered copy (filter), and long structured text copied row by row without drifting (profile, up to ~75 tokens:
 where exposure bias shows). `sentiment` has a fixed label set for calibration. Version 3 replaced `lookup`
 (records, then a query: the teacher copied a random record's value, with two-digit or one-word values alike) by
-`largest` (a comparison across the list) and trains on 40,000 items.
+`largest` (a comparison across the list) and trains on 40,000 items. Version 4 gives `sort` and `filter` twice
+the share of the validation and test splits (EVAL_WEIGHTS): a one-layer student never learns them (2-6% exact
+match at every budget up to 256k steps on v3) while the teacher does, so they are where model size shows at
+convergence; `profile` writes the name first on every table row and answer line, so the name is the same token
+in both.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import random
 from dataclasses import dataclass
 
 # Bump when any rule below changes: the teacher cache and the shipped teacher are keyed by it.
-BENCHMARK_VERSION = 3
+BENCHMARK_VERSION = 4
 
 ANIMALS = ["cat", "dog", "fox", "owl", "bear", "wolf", "duck", "frog", "goat", "hare", "lion", "mole", "seal",
            "swan", "toad", "crab"]
@@ -45,7 +49,7 @@ FAMILIES = ("largest", "sentiment", "reverse", "sort", "filter", "profile")
 class SplitSizes:
     train: int = 40000
     validation: int = 500
-    test: int = 2100
+    test: int = 2400
 
 
 def _largest(rng: random.Random) -> tuple[str, str, str]:
@@ -127,28 +131,39 @@ def _filter(rng: random.Random) -> tuple[str, str, str]:
 
 
 def _profile(rng: random.Random) -> tuple[str, str, str]:
-    # The long-response family: 2-7 people, ~11 tokens of prose each (up to ~75 tokens); every field must be
+    # The long-response family: 2-7 people, ~11 tokens of prose each (up to ~80 tokens); every field must be
     # copied into the right sentence, so one drifted token breaks exact match while ROUGE-L degrades gracefully.
+    # Each table row and each answer line starts with the name at the start of a line, so the name is the same
+    # token in both (v3 wrote `name: Bob` in the table, a different token from the answer's opening `Bob`, and
+    # the v3 teacher never copied the first name right).
     n = rng.randint(2, 7)
     people = rng.sample(NAMES, n)
-    rows, sentences = [], []
+    rows, sentences = ["name | city | job"], []
     for name in people:
         city, job = rng.choice(CITIES), rng.choice(JOBS)
-        rows.append(f"name: {name}; city: {city}; job: {job}")
+        rows.append(f"{name} | {city} | {job}")
         sentences.append(f"{name} lives in {city} and works as a {job}.")
     instruction = rng.choice([
         "Write a short profile for each person in the table.",
         "Describe every person listed below in one sentence.",
         "Turn each row of the table into a short description.",
     ])
-    return instruction, "\n".join(rows), " ".join(sentences)
+    return instruction, "\n".join(rows), "\n".join(sentences)
 
 
 # How often each family is drawn for the TRAIN split. The loss is a mean over response tokens, so a family's
 # share of the training signal is (frequency x response length): drawn uniformly, `profile` (~67 tokens) would
 # carry ~60% of every gradient and the one-word families ~5%, and the short-answer skills would be learned last.
-# These weights even out the token shares (no family above ~40%). Validation and test stay uniform over families.
+# These weights even out the token shares (no family above ~40%).
 TRAIN_WEIGHTS = {"largest": 3.0, "sentiment": 2.0, "reverse": 1.0, "sort": 1.0, "filter": 1.5, "profile": 0.5}
+
+# How many items of each family a validation or test split holds per cycle (the splits are drawn in this fixed
+# cycle, so the shares are exact). `sort` and `filter` count twice: they need two composed attention layers (a
+# number is two tokens, and comparing two numbers needs the first digit moved next to the second), so the
+# one-layer `tiny` stays near 0% at every budget while the teacher reaches ~99%; with the other four families
+# perfect, `tiny` would still sit 40+ points below the teacher. On v3 (uniform shares) its ceiling was ~68%.
+EVAL_WEIGHTS = {"largest": 1, "sentiment": 1, "reverse": 1, "sort": 2, "filter": 2, "profile": 1}
+EVAL_CYCLE = tuple(f for f in FAMILIES for _ in range(EVAL_WEIGHTS[f]))
 
 GENERATORS = {"largest": _largest, "sentiment": _sentiment, "reverse": _reverse, "sort": _sort, "filter": _filter,
               "profile": _profile}
@@ -160,8 +175,8 @@ def _key(instruction: str, input_: str) -> str:
 
 def generate_splits(seed: int = 0, version: int = BENCHMARK_VERSION,
                     sizes: SplitSizes = SplitSizes()) -> dict[str, list[dict]]:
-    """Generate train/validation/test rows with no prompt shared between splits; validation and test are
-    balanced over families, train is drawn with TRAIN_WEIGHTS.
+    """Generate train/validation/test rows with no prompt shared between splits; validation and test cycle
+    through EVAL_CYCLE, train is drawn with TRAIN_WEIGHTS.
 
     Test and validation are drawn first and reserved, then train skips any (instruction, input) pair already
     used, so test instructions with their inputs never occur in train.
@@ -180,7 +195,7 @@ def generate_splits(seed: int = 0, version: int = BENCHMARK_VERSION,
             if split == "train":
                 family = rng.choices(FAMILIES, weights=[TRAIN_WEIGHTS[f] for f in FAMILIES])[0]
             else:
-                family = FAMILIES[i % len(FAMILIES)]
+                family = EVAL_CYCLE[i % len(EVAL_CYCLE)]
             i += 1
             instruction, input_, output = GENERATORS[family](rng)
             key = _key(instruction, input_)
