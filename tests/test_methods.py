@@ -7,27 +7,20 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from conftest import sft, small_splits, tiny_model, trainer_cfg
 from kdbench.data.datamodule import InstructionDataModule
-from kdbench.data.embedded import SplitSizes, generate_splits
-from kdbench.data.template import render_prompt
 from kdbench.methods.fit import fit, make_trainer
 from kdbench.methods.offline import OfflineDistillation
-from kdbench.models.loading import build_from_arch, freeze
-from kdbench.models.tokenizer import train_bpe_tokenizer
-from kdbench.schema import ArchConfig, MethodConfig, TrainerConfig
+from kdbench.models.loading import freeze
+from kdbench.schema import MethodConfig
 from kdbench.losses import forward_kl
 
-ROWS = generate_splits(sizes=SplitSizes(train=300, validation=32, test=8))
+ROWS = small_splits()
 
 
 @pytest.fixture(scope="module")
-def tokenizer():
-    return train_bpe_tokenizer([render_prompt(r["instruction"], r["input"]) + r["output"] for r in ROWS["train"]],
-                               vocab_size=400)
-
-
-def _model(tok, seed, hidden=32):
-    return build_from_arch(ArchConfig(hidden_size=hidden, num_layers=1, num_heads=2, intermediate_size=64), tok, seed)
+def tokenizer(small_tokenizer):
+    return small_tokenizer
 
 
 def _held_out(module, dm, teacher=None):
@@ -48,24 +41,11 @@ def _held_out(module, dm, teacher=None):
     return ce / n, kl / n
 
 
-def _trainer_cfg(steps):
-    cfg = OmegaConf.structured(TrainerConfig(max_steps=steps, batch_size=16, val_every=steps, val_batches=1,
-                                             progress=False))
-    cfg.optim.lr = 1e-2
-    cfg.optim.warmup_steps = 5
-    return cfg
-
-
 @pytest.fixture(scope="module")
 def teacher(tokenizer):
-    """A teacher that has learned something (a random one is near-uniform: nothing to distill)."""
-    model = _model(tokenizer, seed=1, hidden=48)
-    dm = InstructionDataModule(ROWS["train"], ROWS["validation"], tokenizer, 16, seed=1)
-    cfg = _trainer_cfg(40)
-    module = OfflineDistillation(model, None, OmegaConf.structured(MethodConfig(name="sft")), cfg.optim, 40,
-                                 len(tokenizer))
-    fit(module, dm, make_trainer(cfg, 40))
-    return freeze(model)
+    """A teacher that has learned something (a random one is near-uniform: nothing to distill): 40 sft steps, the
+    teacher these tests' thresholds were set against (conftest's small_teacher has 120)."""
+    return freeze(sft(tiny_model(tokenizer, seed=1, hidden=48), tokenizer, ROWS, 40, seed=1))
 
 
 def _method_configs() -> list:
@@ -91,12 +71,12 @@ def _method_configs() -> list:
 def test_training_lowers_the_loss(tokenizer, teacher, method):
     torch.manual_seed(0)
     teacher = teacher if (method.divergence or method.hidden.weight > 0) else None
-    student = _model(tokenizer, seed=0)
-    trainer_cfg = _trainer_cfg(40)
+    student = tiny_model(tokenizer, seed=0)
+    cfg = trainer_cfg(40)
     dm = InstructionDataModule(ROWS["train"], ROWS["validation"], tokenizer, 16, seed=0)
-    module = OfflineDistillation(student, teacher, method, trainer_cfg.optim, 40, len(tokenizer))
+    module = OfflineDistillation(student, teacher, method, cfg.optim, 40, len(tokenizer))
     ce0, kl0 = _held_out(module, dm, teacher)
-    fit(module, dm, make_trainer(trainer_cfg, 40))
+    fit(module, dm, make_trainer(cfg, 40))
     ce1, kl1 = _held_out(module, dm, teacher)
     if method.alpha < 1:
         assert ce1 < 0.8 * ce0, (ce0, ce1)
@@ -112,10 +92,10 @@ def test_hidden_state_distillation_moves_the_students_layers_toward_the_teachers
     from kdbench.paths import conf_dir
     method = OmegaConf.merge(OmegaConf.structured(MethodConfig), OmegaConf.load(conf_dir() / "method/hidden.yaml"))
     torch.manual_seed(0)
-    student = _model(tokenizer, seed=0)  # width 32 against the teacher's 48: a learned projection
-    trainer_cfg = _trainer_cfg(40)
+    student = tiny_model(tokenizer, seed=0)  # width 32 against the teacher's 48: a learned projection
+    cfg = trainer_cfg(40)
     dm = InstructionDataModule(ROWS["train"], ROWS["validation"], tokenizer, 16, seed=0)
-    module = OfflineDistillation(student, teacher, method, trainer_cfg.optim, 40, len(tokenizer))
+    module = OfflineDistillation(student, teacher, method, cfg.optim, 40, len(tokenizer))
     assert module.layer_map == [1] and module.projections is not None
 
     def held_out_hidden():
@@ -129,7 +109,7 @@ def test_hidden_state_distillation_moves_the_students_layers_toward_the_teachers
         return total / n
 
     before = held_out_hidden()
-    fit(module, dm, make_trainer(trainer_cfg, 40))
+    fit(module, dm, make_trainer(cfg, 40))
     assert held_out_hidden() < 0.5 * before
 
 
@@ -143,7 +123,7 @@ def test_uniform_layer_map_and_a_map_out_of_range(tokenizer, teacher):
     method.hidden.weight = 1.0
     method.hidden.layer_map = [5]
     with pytest.raises(ConfigError, match=r"method\.hidden\.layer_map"):
-        OfflineDistillation(_model(tokenizer, seed=0), teacher, method, _trainer_cfg(1).optim, 1, len(tokenizer))
+        OfflineDistillation(tiny_model(tokenizer, seed=0), teacher, method, trainer_cfg(1).optim, 1, len(tokenizer))
 
 
 def test_chunk_rows_hold_a_fixed_number_of_logits_unless_rows_are_set():
@@ -160,11 +140,11 @@ def test_chunk_rows_hold_a_fixed_number_of_logits_unless_rows_are_set():
 
 def test_a_student_loaded_in_eval_mode_trains_in_train_mode(tokenizer, teacher):
     """from_pretrained hands back eval mode (dropout off); fitting must switch the student, never the teacher."""
-    student = _model(tokenizer, seed=0)
+    student = tiny_model(tokenizer, seed=0)
     student.eval()
     seen = []
     student.model.register_forward_pre_hook(lambda mod, args: seen.append(mod.training))  # the decoder stack
-    cfg = _trainer_cfg(2)
+    cfg = trainer_cfg(2)
     dm = InstructionDataModule(ROWS["train"], ROWS["validation"], tokenizer, 16, seed=0)
     module = OfflineDistillation(student, teacher, OmegaConf.structured(MethodConfig(name="kd", divergence="forward_kl",
                                                                                       alpha=0.5)),
