@@ -410,6 +410,9 @@ class TrainerConfig:
     select: str = "best_rouge_l"
     select_rows: int = 200
     select_max_new_tokens: int = 128
+    # Save the whole training state this often (minutes of training) so that an interrupted run, teacher stage
+    # or warm start continues where it stopped (kdbench.methods.resume); 0: after every step; null: never.
+    resume_every_minutes: Optional[float] = 10.0
 
 
 @dataclass

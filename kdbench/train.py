@@ -105,6 +105,7 @@ def run(cfg: DictConfig) -> dict:
     from kdbench.methods.fit import fit, make_trainer
     from kdbench.methods.build import make_module, sampling_cost
     from kdbench.methods.offline import check_head_path
+    from kdbench.methods.resume import drop_stale, resume_file, run_resume_key
     from kdbench.methods.selection import SelectCheckpoint
     from kdbench.models.loading import save_model_folder
     from kdbench.tracking.loggers import finish, log_final, log_images, make_logger
@@ -141,7 +142,10 @@ def run(cfg: DictConfig) -> dict:
         t_train = time.perf_counter()
         select = SelectCheckpoint(val_rows[:cfg.trainer.select_rows], student.tokenizer, cfg.trainer.select,
                                   cfg.trainer.select_max_new_tokens, cfg.data.max_prompt_length)
-        trainer = make_trainer(cfg.trainer, steps, logger, str(run_dir), callbacks=[select])
+        resume_path = resume_file(run_dir, run_resume_key(resolved))
+        drop_stale(run_dir, keep=resume_path)
+        trainer = make_trainer(cfg.trainer, steps, logger, str(run_dir), callbacks=[select],
+                               resume_path=resume_path)
         fit(module, dm, trainer)
         train_seconds = time.perf_counter() - t_train
 
@@ -183,6 +187,7 @@ def run(cfg: DictConfig) -> dict:
             evaluation=suite.details,
         )
         write_results(run_dir, record)
+        resume_path.unlink(missing_ok=True)  # the result is written: nothing left to resume
     finally:
         # In a finally: one failed cell must not leave a W&B run open and sink the rest of a multirun.
         finish(logger)

@@ -30,10 +30,13 @@ def report(args, cwd: Path):
 
 def test_single_run_writes_results_and_wandb(tmp_path):
     cache = tmp_path / "cache"
-    out = kdbench(TINY_RUN, tmp_path, cache)
+    # A resume checkpoint after every step (kdbench.methods.resume): none is left once the result is written.
+    args = [*TINY_RUN, "trainer.resume_every_minutes=0"]
+    out = kdbench(args, tmp_path, cache)
     assert out.returncode == 0, out.stderr[-3000:]
     results = list((tmp_path / "outputs" / "runs").rglob("results.json"))
     assert len(results) == 1
+    assert not list(results[0].parent.glob("*.resume.ckpt"))
     rec = json.loads(results[0].read_text())
     assert rec["status"] == "complete"
     assert rec["labels"]["method"] == "kd" and rec["labels"]["student"] == "tiny"
@@ -64,7 +67,7 @@ def test_single_run_writes_results_and_wandb(tmp_path):
     assert run.metric("val/ce"), "validation was not logged"
 
     # Re-running the same command finds the finished run and skips it.
-    again = kdbench(TINY_RUN, tmp_path, cache)
+    again = kdbench(args, tmp_path, cache)
     assert again.returncode == 0
     assert "skipping" in again.stderr + again.stdout
     assert json.loads(results[0].read_text())["wall_time_s"] == rec["wall_time_s"]
@@ -77,7 +80,7 @@ def test_single_run_writes_results_and_wandb(tmp_path):
     stale["config"]["data"]["embedded"]["version"] = -1
     stale["config"]["trainer"]["num_threads"] = 99  # volatile keys never count
     results[0].write_text(json.dumps(stale))
-    redo = kdbench(TINY_RUN, tmp_path, cache)
+    redo = kdbench(args, tmp_path, cache)
     assert redo.returncode == 0, redo.stderr[-3000:]
     assert "different config (data.embedded.version)" in redo.stderr + redo.stdout
     kept = results[0].with_name("results.superseded-1.json")

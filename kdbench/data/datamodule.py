@@ -93,12 +93,13 @@ class ShuffledBatchSampler(Sampler):
     and length-sorted batches (one family per step) trained a 0.5M teacher to half the exact match of mixed
     batches at equal steps. Padding is cut inside each step instead (split_by_length)."""
 
-    def __init__(self, n: int, batch_size: int, seed: int):
-        self.n, self.batch_size, self.seed = n, batch_size, seed
+    def __init__(self, n: int, batch_size: int, seed: int, skip: int = 0):
+        self.n, self.batch_size, self.seed, self.skip = n, batch_size, seed, skip
 
     def __iter__(self):
         rng = random.Random(self.seed)
         order: list[int] = []
+        made = 0
         while True:
             batch = []
             while len(batch) < self.batch_size:
@@ -106,7 +107,9 @@ class ShuffledBatchSampler(Sampler):
                     order = list(range(self.n))
                     rng.shuffle(order)
                 batch.append(order.pop())
-            yield batch
+            made += 1
+            if made > self.skip:  # a resumed run continues the same stream after the batches it trained on
+                yield batch
 
 
 class InstructionDataModule(L.LightningDataModule):
@@ -116,6 +119,15 @@ class InstructionDataModule(L.LightningDataModule):
         self.tokenizer, self.batch_size, self.seed = tokenizer, batch_size, seed
         self.train_set = EncodedDataset(train_rows, tokenizer, max_prompt_length, max_response_length)
         self.val_set = EncodedDataset(val_rows, tokenizer, max_prompt_length, max_response_length)
+        self._skip = 0
+
+    # The data position for a resume checkpoint (kdbench.methods.resume): every method takes one training batch
+    # per optimizer step, so the batches consumed are the steps taken.
+    def state_dict(self) -> dict:
+        return {"train_batches": int(self.trainer.global_step) if self.trainer is not None else 0}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._skip = int(state.get("train_batches", 0))
 
     def _collate(self, items):
         return collate(items, self.tokenizer.pad_token_id)
@@ -132,7 +144,7 @@ class InstructionDataModule(L.LightningDataModule):
                           for part in split_by_length(lengths)]}
 
     def train_dataloader(self):
-        sampler = ShuffledBatchSampler(len(self.train_set), self.batch_size, self.seed)
+        sampler = ShuffledBatchSampler(len(self.train_set), self.batch_size, self.seed, self._skip)
         return DataLoader(self.train_set, batch_sampler=sampler, collate_fn=self._collate_parts)
 
     def val_dataloader(self):

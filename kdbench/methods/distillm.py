@@ -82,6 +82,8 @@ class ReplayBuffer:
 
 
 class DistiLLMDistillation(OfflineDistillation):
+    RESUME_ATTRS = (*OfflineDistillation.RESUME_ATTRS, "_rng", "threshold", "buffer", "counts", "generated_tokens")
+
     def __init__(self, student, teacher, method, optim, max_steps: int, vocab_size: int, pad_id: int, eos_id: int,
                  seed: int, micro_batch_size: int | None = None):
         super().__init__(student, teacher, method, optim, max_steps, vocab_size, micro_batch_size)
@@ -133,8 +135,10 @@ class DistiLLMDistillation(OfflineDistillation):
     # ------------------------------------------------------------------------------------ adaptive threshold
 
     def on_train_start(self):
-        # The reference loss: the student's validation CE before any step (the official code evaluates first).
-        self.threshold.update(self._validation_ce())
+        # The reference loss: the student's validation CE before any step (the official code evaluates first);
+        # a resumed run has it already, in the restored threshold.
+        if not self.resumed:
+            self.threshold.update(self._validation_ce())
 
     def on_validation_epoch_start(self):
         self._val = [0.0, 0]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from pathlib import Path
 
 import lightning as L
 
@@ -25,7 +26,13 @@ class ProgressLog(L.Callback):
     def __init__(self, max_steps: int, name: str = "train"):
         self.max_steps, self.name = max_steps, name
         self.every = max(1, max_steps // 20)
-        self._t0 = None
+        self._t0, self._step0 = None, 0
+
+    def on_train_start(self, trainer, pl_module):
+        import time
+
+        # A resumed run starts at its checkpoint's step: time left is estimated from the steps done since.
+        self._t0, self._step0 = time.perf_counter(), int(trainer.global_step)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         import logging
@@ -40,7 +47,7 @@ class ProgressLog(L.Callback):
         m = trainer.callback_metrics
         loss = float(m["train/loss"]) if "train/loss" in m else float("nan")
         tps = float(m["train/tokens_per_s"]) if "train/tokens_per_s" in m else float("nan")
-        left = elapsed / max(step, 1) * (self.max_steps - step)
+        left = elapsed / max(step - self._step0, 1) * (self.max_steps - step)
         logging.getLogger("kdbench.train").info("%s step %d/%d loss %.4f %.0f tok/s, %.0f s elapsed, ~%.0f s left",
                                                 self.name, step, self.max_steps, loss, tps, elapsed, left)
 
@@ -58,21 +65,42 @@ def _progress_bar():
 
 
 def make_trainer(trainer_cfg, max_steps: int, logger=None, default_root_dir: str | None = None,
-                 progress: bool | None = None, name: str = "train", callbacks: list | None = None) -> L.Trainer:
+                 progress: bool | None = None, name: str = "train", callbacks: list | None = None,
+                 resume_path: str | Path | None = None) -> L.Trainer:
+    """resume_path: where this training keeps its resume checkpoint (kdbench.methods.resume); None: none."""
+    from kdbench.methods.resume import ResumeCheckpoint
+
     quiet_lightning()
     t = trainer_cfg
     show = t.progress if progress is None else progress
+    callbacks = list(callbacks or [])
+    if resume_path is not None and t.resume_every_minutes is not None:
+        callbacks.append(ResumeCheckpoint(resume_path, t.resume_every_minutes))
     return L.Trainer(
         accelerator=t.accelerator, devices=1, precision=t.precision, max_steps=max_steps,
         val_check_interval=min(t.val_every, max_steps), check_val_every_n_epoch=None,
         limit_val_batches=t.val_batches, num_sanity_val_steps=0, log_every_n_steps=t.log_every,
         logger=logger if logger is not None else False, enable_checkpointing=False,
         enable_model_summary=False, enable_progress_bar=show, default_root_dir=default_root_dir,
-        callbacks=[ProgressLog(max_steps, name), *([_progress_bar()] if show else []), *(callbacks or [])],
+        callbacks=[ProgressLog(max_steps, name), *([_progress_bar()] if show else []), *callbacks],
     )
 
 
+def resume_checkpoint_of(trainer: L.Trainer) -> Path | None:
+    from kdbench.methods.resume import ResumeCheckpoint
+
+    return next((c.path for c in trainer.callbacks if isinstance(c, ResumeCheckpoint)), None)
+
+
 def fit(module: L.LightningModule, datamodule: L.LightningDataModule, trainer: L.Trainer) -> L.Trainer:
+    """Train; continue from the trainer's resume checkpoint when an interrupted run left one."""
+    import logging
+
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    trainer.fit(module, datamodule=datamodule)
+    path = resume_checkpoint_of(trainer)
+    ckpt = str(path) if path is not None and path.is_file() else None
+    if ckpt:
+        logging.getLogger("kdbench.train").info("resuming the interrupted training from %s", path)
+    # weights_only=False: the file is this run's own, written by ResumeCheckpoint, with pickled method state.
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt, weights_only=False if ckpt else None)
     return trainer

@@ -163,6 +163,8 @@ class MiniLLMDistillation(OfflineDistillation):
     """`method.divergence` (forward_kl) and `method.alpha` (the kd_ratio) drive the pretraining term through the
     offline loss; the policy-gradient part is below."""
 
+    RESUME_ATTRS = (*OfflineDistillation.RESUME_ATTRS, "rollout", "rollout_uses", "rollouts", "generated_tokens")
+
     def __init__(self, student, teacher, method, optim, max_steps: int, vocab_size: int, pad_id: int, eos_id: int,
                  seed: int, micro_batch_size: int | None = None):
         super().__init__(student, teacher, method, optim, max_steps, vocab_size, micro_batch_size)

@@ -22,6 +22,7 @@ Three choices that matter for the numbers:
 from __future__ import annotations
 
 import math
+import pickle
 import time
 
 import lightning as L
@@ -89,6 +90,10 @@ def cosine_with_warmup(step: int, warmup: int, total: int, min_ratio: float) -> 
 
 
 class OfflineDistillation(L.LightningModule):
+    # Attributes that change as training goes and are not tensors of the module: saved in a resume checkpoint
+    # (kdbench.methods.resume) so that a resumed run continues exactly. Subclasses add theirs.
+    RESUME_ATTRS: tuple[str, ...] = ("tokens_seen",)
+
     def __init__(self, student, teacher, method, optim, max_steps: int, vocab_size: int,
                  micro_batch_size: int | None = None):
         super().__init__()
@@ -105,6 +110,16 @@ class OfflineDistillation(L.LightningModule):
             self._setup_hidden(method.hidden, student, teacher)
         self.tokens_seen = 0
         self._t0 = None
+        self.resumed = False
+
+    def on_save_checkpoint(self, checkpoint):
+        # Pickled together, so objects shared between attributes (DistiLLM's buffer and its rng) stay shared.
+        checkpoint["kdbench_state"] = pickle.dumps({a: getattr(self, a) for a in self.RESUME_ATTRS})
+
+    def on_load_checkpoint(self, checkpoint):
+        for a, v in pickle.loads(checkpoint["kdbench_state"]).items():
+            setattr(self, a, v)
+        self.resumed = True
 
     def _setup_hidden(self, hidden, student, teacher) -> None:
         from kdbench.schema import ConfigError

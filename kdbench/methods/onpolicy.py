@@ -45,6 +45,8 @@ def student_batch(student, prompts: list[list[int]], settings, pad_id: int, eos_
 
 
 class OnPolicyDistillation(OfflineDistillation):
+    RESUME_ATTRS = (*OfflineDistillation.RESUME_ATTRS, "_coin", "onpolicy_steps", "generated_tokens")
+
     def __init__(self, student, teacher, method, optim, max_steps: int, vocab_size: int, pad_id: int, eos_id: int,
                  seed: int, micro_batch_size: int | None = None):
         super().__init__(student, teacher, method, optim, max_steps, vocab_size, micro_batch_size)

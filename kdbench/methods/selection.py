@@ -47,6 +47,13 @@ class SelectCheckpoint(L.Callback):
             self.best = (step, value)
             self._best_state = {k: v.detach().to("cpu", copy=True) for k, v in pl_module.student.state_dict().items()}
 
+    # Saved in a resume checkpoint: a resumed run still keeps the best weights seen before the interruption.
+    def state_dict(self) -> dict:
+        return {"history": list(self.history), "best": self.best, "best_state": self._best_state}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.history, self.best, self._best_state = list(state["history"]), state["best"], state["best_state"]
+
     def on_fit_end(self, trainer, pl_module):
         if self.rule == "best_rouge_l" and self._best_state is not None:
             pl_module.student.load_state_dict(self._best_state)

@@ -87,6 +87,7 @@ def _train(cfg, tokenizer, key: str, target: Path, show_progress: bool) -> None:
     from kdbench.data.sources import load_rows
     from kdbench.methods.fit import fit, make_trainer
     from kdbench.methods.offline import OfflineDistillation
+    from kdbench.methods.resume import resume_file
 
     ft = cfg.teacher.finetune
     t0 = time.perf_counter()
@@ -98,7 +99,10 @@ def _train(cfg, tokenizer, key: str, target: Path, show_progress: bool) -> None:
     sft = OmegaConf.structured(MethodConfig(name="sft"))
     module = OfflineDistillation(model, None, sft, ft.optim, ft.max_steps, len(tokenizer))
     torch.manual_seed(ft.seed)
-    trainer = make_trainer(cfg.trainer, ft.max_steps, progress=show_progress, name=f"teacher stage {key}")
+    # Under the stage's lock: an interrupted teacher stage continues from its last resume checkpoint.
+    resume_path = resume_file(target.parent, key)
+    trainer = make_trainer(cfg.trainer, ft.max_steps, progress=show_progress, name=f"teacher stage {key}",
+                           resume_path=resume_path)
     fit(module, dm, trainer)
     val = {k: float(v) for k, v in trainer.callback_metrics.items()}
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{key}."))
@@ -111,6 +115,7 @@ def _train(cfg, tokenizer, key: str, target: Path, show_progress: bool) -> None:
         "reproduce": "kdbench-teacher " + " ".join(_overrides()),
     })
     atomic_publish_dir(tmp, target)
+    resume_path.unlink(missing_ok=True)
     log.info("teacher %s: trained in %.0f s, saved as %s", cfg.teacher.name, time.perf_counter() - t0, target)
 
 

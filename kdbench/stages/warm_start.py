@@ -72,6 +72,7 @@ def _train(cfg, student, key: str, steps: int, target: Path, show_progress: bool
     from kdbench.data.sources import load_rows
     from kdbench.methods.fit import fit, make_trainer
     from kdbench.methods.offline import OfflineDistillation
+    from kdbench.methods.resume import resume_file
 
     t0 = time.perf_counter()
     t = cfg.trainer
@@ -81,7 +82,8 @@ def _train(cfg, student, key: str, steps: int, target: Path, show_progress: bool
     module = OfflineDistillation(student.model, None, OmegaConf.structured(MethodConfig(name="sft")), t.optim, steps,
                                  len(student.tokenizer), t.micro_batch_size)
     torch.manual_seed(cfg.seed)
-    trainer = make_trainer(t, steps, progress=show_progress, name=f"sft warm start {key}")
+    resume_path = resume_file(target.parent, key)  # under the stage's lock, like the result
+    trainer = make_trainer(t, steps, progress=show_progress, name=f"sft warm start {key}", resume_path=resume_path)
     fit(module, dm, trainer)
     seconds = time.perf_counter() - t0
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{key}."))
@@ -94,5 +96,6 @@ def _train(cfg, student, key: str, steps: int, target: Path, show_progress: bool
         "final_validation": {k: float(v) for k, v in trainer.callback_metrics.items()},
     })
     atomic_publish_dir(tmp, target)
+    resume_path.unlink(missing_ok=True)
     log.info("student %s: sft warm start trained in %.0f s, saved as %s", student.name, seconds, target)
     return round(seconds, 1)

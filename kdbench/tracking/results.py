@@ -80,7 +80,8 @@ def read_results(run_dir: str | Path) -> dict | None:
 
 
 # Keys that never change what a run computes: where files go, threads, progress display, logging.
-_VOLATILE = ("paths.", "logger.", "trainer.num_threads", "trainer.progress", "force", "sweep_name")
+_VOLATILE = ("paths.", "logger.", "trainer.num_threads", "trainer.progress", "trainer.resume_every_minutes", "force",
+             "sweep_name")
 
 
 def config_changes(old: dict, new: dict) -> list[str]:

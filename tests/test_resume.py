@@ -1,0 +1,148 @@
+"""Resuming: a training interrupted after a resume checkpoint continues from it and ends with the same weights as
+an uninterrupted one, for each kind of method state (offline; GKD's coin; DistiLLM's buffer and threshold;
+MiniLLM's rollout in the middle of its PPO epochs; the selection's best weights); the file is written atomically
+and keyed by what determines the training."""
+
+from __future__ import annotations
+
+import lightning as L
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+
+from conftest import REPO, small_splits, tiny_model, trainer_cfg
+
+from kdbench.data.datamodule import InstructionDataModule
+from kdbench.methods.build import make_module
+from kdbench.methods.fit import fit, make_trainer
+from kdbench.methods.resume import ResumeCheckpoint, drop_stale, resume_file, run_resume_key
+from kdbench.methods.selection import SelectCheckpoint
+from kdbench.models.resolve import Loaded
+from kdbench.schema import register_configs
+
+ROWS = small_splits()
+STEPS, CRASH_AT = 8, 5
+
+# Short samples and settings that make each method's own state matter within 8 steps: DistiLLM draws fresh
+# samples and replays them (a one-batch buffer, a threshold above 0), MiniLLM reuses a rollout for 4 steps (the
+# crash at step 5 falls inside the second rollout's use), GKD tosses its coin every step.
+METHOD_OVERRIDES = {
+    "sft": [],
+    "kd": [],
+    "gkd": ["method.onpolicy.max_new_tokens=12"],
+    "distillm": ["method.distillm.max_new_tokens=12", "method.distillm.init_threshold=0.6",
+                 "method.distillm.capacity=16"],
+    "minillm": ["method.minillm.max_new_tokens=12"],
+}
+
+
+def _method(name: str):
+    register_configs()
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+            return compose(config_name="train", overrides=[f"method={name}", *METHOD_OVERRIDES[name]]).method
+    finally:
+        GlobalHydra.instance().clear()
+
+
+class Crash(RuntimeError):
+    pass
+
+
+class CrashAt(L.Callback):
+    """Raise once `global_step` reaches `step`, after the resume checkpoint of that step was written."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_end(self, trainer, *args, **kwargs):
+        if trainer.global_step >= self.step:
+            raise Crash(f"interrupted at step {trainer.global_step}")
+
+
+class CountSteps(L.Callback):
+    def __init__(self):
+        self.n = 0
+
+    def on_train_batch_end(self, *args, **kwargs):
+        self.n += 1
+
+
+def _train(name, tok, teacher, resume_path=None, crash_at=None, val_every=None):
+    """A fresh student (same init every time) trained STEPS steps with method `name`; (its weights, the
+    selection's record, the module, the steps this call ran)."""
+    method = _method(name)
+    student = Loaded(tiny_model(tok, seed=3), tok, "tiny", 0, "")
+    cfg = trainer_cfg(STEPS, val_every=val_every)
+    cfg.resume_every_minutes = 0  # after every step
+    whitebox = name != "sft"
+    module = make_module(method, student, Loaded(teacher, tok, "teacher", 0, "") if whitebox else None, cfg.optim,
+                         STEPS, len(tok), seed=0, whitebox=whitebox)
+    dm = InstructionDataModule(ROWS["train"], ROWS["validation"], tok, 16, seed=0)
+    select = SelectCheckpoint(ROWS["validation"][:8], tok, "best_rouge_l", 8, 256)
+    trainer = make_trainer(cfg, STEPS, callbacks=[select], resume_path=resume_path)
+    count = CountSteps()
+    trainer.callbacks.append(count)
+    if crash_at is not None:
+        trainer.callbacks.append(CrashAt(crash_at))
+    torch.manual_seed(0)
+    fit(module, dm, trainer)
+    return {k: v.clone() for k, v in student.model.state_dict().items()}, select.record(), module, count.n
+
+
+@pytest.mark.parametrize("name", list(METHOD_OVERRIDES))
+def test_an_interrupted_training_resumes_to_the_same_weights(name, small_tokenizer, small_teacher, tmp_path):
+    tok = small_tokenizer
+    straight, straight_sel, straight_module, _ = _train(name, tok, small_teacher, val_every=3)
+
+    path = tmp_path / f"k{name}.resume.ckpt"
+    with pytest.raises(Crash):
+        _train(name, tok, small_teacher, resume_path=path, crash_at=CRASH_AT, val_every=3)
+    assert path.is_file()
+    resumed, resumed_sel, resumed_module, ran = _train(name, tok, small_teacher, resume_path=path, val_every=3)
+    assert ran == STEPS - CRASH_AT  # it continued from the checkpoint, not from step 0
+
+    for k in straight:
+        assert torch.equal(straight[k], resumed[k]), f"{name}: {k} differs after resuming"
+    # The selection saw the validations before the crash (step 3) and after it (step 6), as the straight run did.
+    assert resumed_sel["history"] == straight_sel["history"] and len(straight_sel["history"]) >= 2
+    assert resumed_module.tokens_seen == straight_module.tokens_seen
+    for attr in ("generated_tokens", "counts", "rollouts", "onpolicy_steps"):
+        if hasattr(straight_module, attr):
+            assert getattr(resumed_module, attr) == getattr(straight_module, attr), attr
+    if name == "distillm":  # the settings above do exercise the buffer
+        assert straight_module.counts["fresh"] > 0 and straight_module.counts["replay"] > 0
+
+
+def test_a_failed_save_leaves_the_previous_checkpoint_whole(tmp_path):
+    path = tmp_path / "k.resume.ckpt"
+    path.write_bytes(b"the previous checkpoint")
+
+    class Dying:
+        def save_checkpoint(self, p):
+            with open(p, "wb") as f:
+                f.write(b"half a chec")
+            raise OSError("disk full")
+
+    with pytest.raises(OSError):
+        ResumeCheckpoint(path, 0).save(Dying())
+    assert path.read_bytes() == b"the previous checkpoint"
+
+
+def test_the_resume_key_follows_the_training_not_the_evaluation(tmp_path):
+    base = {"seed": 0, "method": {"name": "kd"}, "trainer": {"max_steps": 100, "progress": True, "num_threads": 1},
+            "eval": {"sets": {"a": 1}}, "logger": {"kind": "wandb"}, "paths": {"output_root": "x"}}
+    key = run_resume_key(base)
+    assert run_resume_key({**base, "eval": {"sets": {}}, "logger": {"kind": "none"}}) == key
+    assert run_resume_key({**base, "trainer": {**base["trainer"], "progress": False, "num_threads": 2}}) == key
+    assert run_resume_key({**base, "seed": 1}) != key
+    assert run_resume_key({**base, "trainer": {**base["trainer"], "max_steps": 200}}) != key
+
+    # A file left by another configuration is removed; this one's is kept.
+    mine, other = resume_file(tmp_path, key), resume_file(tmp_path, "0123456789abcdef")
+    mine.write_bytes(b"x")
+    other.write_bytes(b"y")
+    drop_stale(tmp_path, keep=mine)
+    assert mine.is_file() and not other.exists()
