@@ -318,3 +318,19 @@ def test_config_changes_ignores_volatile_and_added_keys():
     assert config_changes(old, old) == []
     new["trainer"]["max_steps"] = 20
     assert config_changes(old, new) == ["data.embedded.version", "trainer.max_steps"]
+
+
+def test_a_change_vs_sft_is_marked_only_when_clear_of_seed_noise(tmp_path):
+    # kd moves RL by +2, +3, +2.5 on seeds 0-2 (paired: clear), EM by +1, -1, +0.5 (not clear).
+    for seed, (rl, em) in enumerate([(40.0, 20.0), (45.0, 25.0), (50.0, 22.0)]):
+        write_result(tmp_path, f"sft{seed}", method="sft", seed=seed, metrics={RL: rl, EM: em})
+    for seed, (rl, em) in enumerate([(42.0, 21.0), (48.0, 24.0), (52.5, 22.5)]):
+        write_result(tmp_path, f"kd{seed}", method="kd", seed=seed, metrics={RL: rl, EM: em})
+    kd = table_for(tmp_path).row("kd", "tiny")
+    assert kd.clear_vs_sft == {RL: True, EM: False}
+    md = render_markdown(table_for(tmp_path), show_delta=True)
+    assert "(+2.5*)" in md and "(+0.2)" in md and "two standard errors" in md
+    # With two seeds there is no verdict either way.
+    for name in ("sft2", "kd2"):
+        (tmp_path / name / "results.json").unlink()
+    assert table_for(tmp_path).row("kd", "tiny").clear_vs_sft == {}

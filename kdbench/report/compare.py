@@ -31,6 +31,10 @@ class Row:
     # method mean minus the same student's sft mean, per metric; empty for sft itself, the teacher, and
     # students without an sft row.
     delta_vs_sft: dict[str, float] = field(default_factory=dict)
+    # Whether the change is clear of seed noise: the seeds both rows share, paired (a seed fixes the student's
+    # init and data order for every method), give a mean difference more than two standard errors from 0.
+    # Only with at least 3 shared seeds; metric keys without a verdict are absent.
+    clear_vs_sft: dict[str, bool] = field(default_factory=dict)
 
 
 @dataclass
@@ -61,6 +65,18 @@ def _metric_values(metrics: object) -> dict[str, float]:
 def _aggregate(values: list[float]) -> Cell:
     std = statistics.stdev(values) if len(values) > 1 else None
     return Cell(mean=statistics.fmean(values), std=std, n=len(values))
+
+
+def paired_verdicts(runs: dict, base: dict, keys: list[str], min_pairs: int = 3) -> dict[str, bool]:
+    """Per metric: is the mean of the per-seed differences (runs - base, seeds both have) more than two standard
+    errors away from zero? Absent with fewer than `min_pairs` pairs."""
+    out = {}
+    for key in keys:
+        diffs = [runs[s][key] - base[s][key] for s in runs.keys() & base.keys() if key in runs[s] and key in base[s]]
+        if len(diffs) >= min_pairs:
+            se = statistics.stdev(diffs) / math.sqrt(len(diffs))
+            out[key] = abs(statistics.fmean(diffs)) > 2 * se
+    return out
 
 
 def _method_key(method: str) -> tuple:
@@ -153,5 +169,7 @@ def build_table(results: list[dict], metrics: list[str] | None = None) -> Table:
             continue
         row.delta_vs_sft = {key: cell.mean - base.cells[key].mean
                             for key, cell in row.cells.items() if key in base.cells}
+        row.clear_vs_sft = paired_verdicts(groups[(row.method, row.student)], groups[(BASELINE_METHOD, row.student)],
+                                           list(row.delta_vs_sft))
 
     return Table(columns=columns, rows=rows + student_rows)

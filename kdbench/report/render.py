@@ -26,7 +26,8 @@ def _format_cell(row: Row, key: str, precision: int, show_delta: bool) -> str:
         # Fewer values than the row has seeds: say so, or the ± reads as if it covered every seed.
         text += f" (n={cell.n})"
     if show_delta and key in row.delta_vs_sft:
-        text += f" ({row.delta_vs_sft[key]:+.{precision}f})"
+        mark = "*" if row.clear_vs_sft.get(key) else ""
+        text += f" ({row.delta_vs_sft[key]:+.{precision}f}{mark})"
     return text
 
 
@@ -41,6 +42,9 @@ def render_markdown(table: Table, precision: int = 1, show_delta: bool = False) 
         cells = [row.method, row.student, str(row.n_seeds),
                  *[_format_cell(row, key, precision, show_delta) for key in table.columns]]
         lines.append("| " + " | ".join(_escape(c) for c in cells) + " |")
+    if show_delta and any(row.clear_vs_sft for row in table.rows):
+        lines += ["", "(±: std over seeds; (+d): mean change vs the same student's sft; *: the change is more than two "
+                  "standard errors of the per-seed paired differences from 0, at least 3 seeds)"]
     return "\n".join(lines) + "\n"
 
 
