@@ -128,3 +128,25 @@ def test_minillm_lowers_the_reverse_kl_of_its_own_samples(small_tokenizer, small
     after = _own_sample_reverse_kl(student, small_teacher, small_tokenizer)
     assert module.rollouts == 8 and module.generated_tokens > 0  # one rollout per 4 PPO steps
     assert after < 0.8 * before, (before, after)
+
+
+def test_micro_batches_leave_a_minillm_step_unchanged(small_tokenizer, small_teacher):
+    """trainer.micro_batch_size splits the rollout's PPO loss and the pretraining term into pieces (memory on a real
+    model); the step's update must be the one of the whole batch."""
+    tok = small_tokenizer
+    method = OmegaConf.structured(MethodConfig(name="minillm", kind="minillm", divergence="forward_kl", alpha=0.5,
+                                               minillm=MiniLLMConfig(max_new_tokens=16)))
+    start = tiny_model(tok, seed=0)
+    after = {}
+    for micro in (None, 3):
+        student = copy.deepcopy(start)
+        module = MiniLLMDistillation(student, small_teacher, method, trainer_cfg(2).optim, 2, len(tok),
+                                     tok.pad_token_id, tok.eos_token_id, seed=0, micro_batch_size=micro)
+        dm = InstructionDataModule(ROWS["train"], ROWS["validation"], tok, 16, seed=0)
+        fit(module, dm, make_trainer(trainer_cfg(2), 2))
+        after[micro] = student.state_dict()
+    moved = 0.0
+    for k, v in after[None].items():
+        torch.testing.assert_close(after[3][k], v, rtol=1e-5, atol=1e-6)
+        moved = max(moved, float((v - start.state_dict()[k]).abs().max()))
+    assert moved > 1e-4  # the steps did change the weights

@@ -13,6 +13,7 @@ import pytest
 from kdbench.report import build_table, collect_results, render_markdown
 from kdbench.report.cli import main
 from kdbench.report.render import render_csv
+from kdbench.report.compare import paired_verdicts
 
 RL = "embedded_test/rouge_l"
 EM = "embedded_test/exact_match"
@@ -321,7 +322,7 @@ def test_config_changes_ignores_volatile_and_added_keys():
 
 
 def test_a_change_vs_sft_is_marked_only_when_clear_of_seed_noise(tmp_path):
-    # kd moves RL by +2, +3, +2.5 on seeds 0-2 (paired: clear), EM by +1, -1, +0.5 (not clear).
+    # kd moves RL by +2, +3, +2.5 on seeds 0-2 (t = 8.7 > 4.30: clear), EM by +1, -1, +0.5 (not clear).
     for seed, (rl, em) in enumerate([(40.0, 20.0), (45.0, 25.0), (50.0, 22.0)]):
         write_result(tmp_path, f"sft{seed}", method="sft", seed=seed, metrics={RL: rl, EM: em})
     for seed, (rl, em) in enumerate([(42.0, 21.0), (48.0, 24.0), (52.5, 22.5)]):
@@ -329,7 +330,9 @@ def test_a_change_vs_sft_is_marked_only_when_clear_of_seed_noise(tmp_path):
     kd = table_for(tmp_path).row("kd", "tiny")
     assert kd.clear_vs_sft == {RL: True, EM: False}
     md = render_markdown(table_for(tmp_path), show_delta=True)
-    assert "(+2.5*)" in md and "(+0.2)" in md and "two standard errors" in md
+    assert "(+2.5*)" in md and "(+0.2)" in md and "paired t-test" in md
+    # A consistent but noisy change is not marked: +1, +3, +0.2 has t = 1.8.
+    assert not paired_verdicts({0: {RL: 1.0}, 1: {RL: 3.0}, 2: {RL: 0.2}}, {s: {RL: 0.0} for s in range(3)}, [RL])[RL]
     # With two seeds there is no verdict either way.
     for name in ("sft2", "kd2"):
         (tmp_path / name / "results.json").unlink()

@@ -175,9 +175,12 @@ class MiniLLMDistillation(OfflineDistillation):
         self.rollouts = 0
         self.generated_tokens = 0
 
-    def policy_losses(self, rollout: Rollout) -> dict:
-        """PPO and single-step losses (means over the rollout's response tokens) for the current student."""
-        batch = {k: v.to(self.device) for k, v in rollout.batch.items()}
+    def policy_sums(self, rollout: Rollout, rows: slice) -> dict:
+        """PPO and single-step losses of the rollout's rows `rows`, summed over their response tokens, for the
+        current student."""
+        batch = {k: v[rows].to(self.device) for k, v in rollout.batch.items()}
+        lengths, _ = response_grid(rollout.batch)
+        start, stop = int(lengths[:rows.start].sum()), int(lengths[:rows.stop].sum())  # their flat tokens
         s_hidden, targets = response_hidden(self.student, batch)
         with torch.no_grad():
             t_hidden, _ = response_hidden(self.teacher, batch)
@@ -187,11 +190,10 @@ class MiniLLMDistillation(OfflineDistillation):
             s_hidden, s_head.weight, t_hidden, t_head.weight, "reverse_kl", vocab_size=self.vocab_size,
             temperature=1.0, chunk_size=chunk_rows(self.method, self.vocab_size), student_head_bias=s_head.bias,
             teacher_head_bias=t_head.bias, targets=targets)
-        pg = ppo_loss(-ce, rollout.old_logprobs.to(self.device), rollout.advantages.to(self.device),
-                      rollout.weights.to(self.device), self.cfg.cliprange)
-        out = {"pg": pg.mean(), "single_step": rkl.mean()}
-        out["rl"] = out["pg"] + (out["single_step"] if self.cfg.single_step_reg else 0.0)
-        return out
+        pg = ppo_loss(-ce, rollout.old_logprobs[start:stop].to(self.device),
+                      rollout.advantages[start:stop].to(self.device), rollout.weights[start:stop].to(self.device),
+                      self.cfg.cliprange)
+        return {"pg": pg.sum(), "single_step": rkl.sum()}
 
     def training_step(self, batch, batch_idx):
         if self._t0 is None:
@@ -205,12 +207,27 @@ class MiniLLMDistillation(OfflineDistillation):
             self.rollouts += 1
             self.generated_tokens += self.rollout.tokens
         opt, sched = self.optimizers(), self.lr_schedulers()
-        rl = self.policy_losses(self.rollout)
+        # loss = (PG + single-step) per rollout token + lm_coef * pretraining loss per data token, backpropagated
+        # in micro-batches of trainer.micro_batch_size rows, each part divided by its whole count: the sum of the
+        # pieces is the full-batch gradient, whatever the split.
+        n_roll = max(int(self.rollout.old_logprobs.numel()), 1)
+        rows = int(self.rollout.batch["input_ids"].shape[0])
+        size = self.micro_batch_size or rows
+        rl = {"pg": 0.0, "single_step": 0.0}
+        for k in range(0, rows, size):
+            sums = self.policy_sums(self.rollout, slice(k, min(k + size, rows)))
+            self.manual_backward((sums["pg"] + (sums["single_step"] if self.cfg.single_step_reg else 0.0)) / n_roll)
+            for key in rl:
+                rl[key] += float(sums[key].detach()) / n_roll
+        rl["rl"] = rl["pg"] + (rl["single_step"] if self.cfg.single_step_reg else 0.0)
         # The pretraining term on the data's own responses: (1 - kd_ratio) CE + kd_ratio forward KL, per token.
-        n_tokens = sum(int((p["labels"][:, 1:] != IGNORE).sum()) for p in parts)
-        pt = sum(self.loss_sums(p)["loss"] for p in parts) / max(n_tokens, 1)
+        n_tokens = max(sum(int((p["labels"][:, 1:] != IGNORE).sum()) for p in parts), 1)
+        pt = 0.0
+        for micro in self._micro_batches(parts):
+            piece = self.loss_sums(micro)["loss"]
+            self.manual_backward(self.cfg.lm_coef * piece / n_tokens)
+            pt += float(piece.detach()) / n_tokens
         loss = rl["rl"] + self.cfg.lm_coef * pt
-        self.manual_backward(loss)
         self.clip_gradients(opt, gradient_clip_val=self.optim_cfg.grad_clip, gradient_clip_algorithm="norm")
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -218,8 +235,7 @@ class MiniLLMDistillation(OfflineDistillation):
         self.rollout_uses += 1
         self.tokens_seen += sum(int(p["attention_mask"].sum()) for p in parts) + int(
             self.rollout.batch["attention_mask"].sum())
-        logs = {"train/loss": float(loss.detach()), "train/pg": float(rl["pg"].detach()),
-                "train/single_step": float(rl["single_step"].detach()), "train/pt": float(pt.detach()),
+        logs = {"train/loss": loss, "train/pg": rl["pg"], "train/single_step": rl["single_step"], "train/pt": pt,
                 "train/reward": self.rollout.reward_per_token, "train/rollout_reverse_kl": self.rollout.reverse_kl,
                 "train/lr": sched.get_last_lr()[0]}
         logs["train/tokens_per_s"] = self.tokens_seen / max(time.perf_counter() - self._t0, 1e-9)

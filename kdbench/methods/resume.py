@@ -60,6 +60,13 @@ def set_rng_states(states: dict) -> None:
     random.setstate(states["python"])
 
 
+def _validates_now(trainer) -> bool:
+    """Whether Lightning validates right after the step that just ended (kdbench validates every
+    `val_check_interval` optimizer steps, one batch per step, check_val_every_n_epoch=None)."""
+    every = trainer.val_check_batch
+    return bool(trainer.limit_val_batches) and isinstance(every, int) and trainer.global_step % every == 0
+
+
 class ResumeCheckpoint(L.Callback):
     """Save the training state to `path` every `every_minutes` of training (0: after every step; tests)."""
 
@@ -67,6 +74,7 @@ class ResumeCheckpoint(L.Callback):
         self.path, self.every_s = Path(path), every_minutes * 60.0
         self._last = None
         self._rng_to_restore = None
+        self._after_validation = False
 
     def on_train_start(self, trainer, pl_module):
         self._last = time.monotonic()
@@ -78,9 +86,23 @@ class ResumeCheckpoint(L.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         if trainer.global_step >= trainer.max_steps:
             return  # finished: the caller writes the result and then deletes the file
-        if time.monotonic() - self._last >= self.every_s:
-            self.save(trainer)
-            self._last = time.monotonic()
+        if time.monotonic() - self._last < self.every_s:
+            return
+        if _validates_now(trainer):
+            # Saved after this step's validation instead: a checkpoint from before it would resume past it, and
+            # the selection and DistiLLM's schedule would miss what it measured.
+            self._after_validation = True
+        else:
+            self._save_now(trainer)
+
+    def on_validation_end(self, trainer, pl_module):
+        if self._after_validation and not trainer.sanity_checking:
+            self._after_validation = False
+            self._save_now(trainer)
+
+    def _save_now(self, trainer) -> None:
+        self.save(trainer)
+        self._last = time.monotonic()
 
     def save(self, trainer) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)

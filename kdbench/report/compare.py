@@ -31,9 +31,9 @@ class Row:
     # method mean minus the same student's sft mean, per metric; empty for sft itself, the teacher, and
     # students without an sft row.
     delta_vs_sft: dict[str, float] = field(default_factory=dict)
-    # Whether the change is clear of seed noise: the seeds both rows share, paired (a seed fixes the student's
-    # init and data order for every method), give a mean difference more than two standard errors from 0.
-    # Only with at least 3 shared seeds; metric keys without a verdict are absent.
+    # Whether the change is clear of seed noise: a paired t-test at 5% over the seeds both rows share (a seed
+    # fixes the student's init and data order for every method). Only with at least 3 shared seeds; metric keys
+    # without a verdict are absent.
     clear_vs_sft: dict[str, bool] = field(default_factory=dict)
 
 
@@ -67,15 +67,25 @@ def _aggregate(values: list[float]) -> Cell:
     return Cell(mean=statistics.fmean(values), std=std, n=len(values))
 
 
+# Two-sided 5% critical values of Student's t by degrees of freedom (pairs - 1); 1.96 beyond the table.
+_T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
+        15: 2.131, 20: 2.086, 30: 2.042}
+
+
+def t95(dof: int) -> float:
+    return next((v for d, v in sorted(_T95.items()) if dof <= d), 1.96)
+
+
 def paired_verdicts(runs: dict, base: dict, keys: list[str], min_pairs: int = 3) -> dict[str, bool]:
-    """Per metric: is the mean of the per-seed differences (runs - base, seeds both have) more than two standard
-    errors away from zero? Absent with fewer than `min_pairs` pairs."""
+    """Per metric: a paired t-test at 5% (two-sided) of the per-seed differences runs - base, over the seeds both
+    have: is their mean more than t(0.975, n - 1) standard errors from zero? Absent with fewer than `min_pairs`
+    pairs. One test per cell: a table of many cells will mark some by chance (no multiple-comparison correction)."""
     out = {}
     for key in keys:
         diffs = [runs[s][key] - base[s][key] for s in runs.keys() & base.keys() if key in runs[s] and key in base[s]]
         if len(diffs) >= min_pairs:
             se = statistics.stdev(diffs) / math.sqrt(len(diffs))
-            out[key] = abs(statistics.fmean(diffs)) > 2 * se
+            out[key] = abs(statistics.fmean(diffs)) > t95(len(diffs) - 1) * se
     return out
 
 

@@ -43,8 +43,9 @@ def render_markdown(table: Table, precision: int = 1, show_delta: bool = False) 
                  *[_format_cell(row, key, precision, show_delta) for key in table.columns]]
         lines.append("| " + " | ".join(_escape(c) for c in cells) + " |")
     if show_delta and any(row.clear_vs_sft for row in table.rows):
-        lines += ["", "(±: std over seeds; (+d): mean change vs the same student's sft; *: the change is more than two "
-                  "standard errors of the per-seed paired differences from 0, at least 3 seeds)"]
+        lines += ["", "(±: std over seeds; (+d): mean change vs the same student's sft; *: a paired t-test over the "
+                  "seeds puts the change away from 0 at 5%, two-sided, >= 3 seeds, one test per cell, uncorrected for "
+                  "the many cells)"]
     return "\n".join(lines) + "\n"
 
 
