@@ -105,7 +105,7 @@ def run(cfg: DictConfig) -> dict:
     from kdbench.methods.fit import fit, make_trainer
     from kdbench.methods.build import make_module, sampling_cost
     from kdbench.methods.offline import check_head_path
-    from kdbench.methods.resume import drop_stale, resume_file, run_resume_key
+    from kdbench.methods.resume import run_resume_file
     from kdbench.methods.selection import SelectCheckpoint
     from kdbench.models.loading import save_model_folder
     from kdbench.tracking.loggers import finish, log_final, log_images, make_logger
@@ -142,10 +142,9 @@ def run(cfg: DictConfig) -> dict:
         t_train = time.perf_counter()
         select = SelectCheckpoint(val_rows[:cfg.trainer.select_rows], student.tokenizer, cfg.trainer.select,
                                   cfg.trainer.select_max_new_tokens, cfg.data.max_prompt_length)
-        resume_path = resume_file(run_dir, run_resume_key(resolved))
-        drop_stale(run_dir, keep=resume_path)
+        resume_path, training_cfg = run_resume_file(run_dir, resolved)
         trainer = make_trainer(cfg.trainer, steps, logger, str(run_dir), callbacks=[select],
-                               resume_path=resume_path)
+                               resume_path=resume_path, resume_config=training_cfg)
         fit(module, dm, trainer)
         train_seconds = time.perf_counter() - t_train
 

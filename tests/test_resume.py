@@ -1,7 +1,7 @@
 """Resuming: a training interrupted after a resume checkpoint continues from it and ends with the same weights as
 an uninterrupted one, for each kind of method state (offline; GKD's coin; DistiLLM's buffer and threshold;
 MiniLLM's rollout in the middle of its PPO epochs; the selection's best weights); the file is written atomically
-and keyed by what determines the training."""
+and a run continues only from a file of its own training config."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from conftest import REPO, small_splits, tiny_model, trainer_cfg
 from kdbench.data.datamodule import InstructionDataModule
 from kdbench.methods.build import make_module
 from kdbench.methods.fit import fit, make_trainer
-from kdbench.methods.resume import ResumeCheckpoint, drop_stale, resume_file, run_resume_key
+from kdbench.methods.resume import RUN_FILE, ResumeCheckpoint, run_resume_file, training_config
 from kdbench.methods.selection import SelectCheckpoint
 from kdbench.models.resolve import Loaded
 from kdbench.schema import register_configs
@@ -136,18 +136,29 @@ def test_a_failed_save_leaves_the_previous_checkpoint_whole(tmp_path):
     assert path.read_bytes() == b"the previous checkpoint"
 
 
-def test_the_resume_key_follows_the_training_not_the_evaluation(tmp_path):
+def test_a_run_resumes_only_from_a_file_of_the_same_training_config(tmp_path):
     base = {"seed": 0, "method": {"name": "kd"}, "trainer": {"max_steps": 100, "progress": True, "num_threads": 1},
             "eval": {"sets": {"a": 1}}, "logger": {"kind": "wandb"}, "paths": {"output_root": "x"}}
-    key = run_resume_key(base)
-    assert run_resume_key({**base, "eval": {"sets": {}}, "logger": {"kind": "none"}}) == key
-    assert run_resume_key({**base, "trainer": {**base["trainer"], "progress": False, "num_threads": 2}}) == key
-    assert run_resume_key({**base, "seed": 1}) != key
-    assert run_resume_key({**base, "trainer": {**base["trainer"], "max_steps": 200}}) != key
 
-    # A file left by another configuration is removed; this one's is kept.
-    mine, other = resume_file(tmp_path, key), resume_file(tmp_path, "0123456789abcdef")
-    mine.write_bytes(b"x")
-    other.write_bytes(b"y")
-    drop_stale(tmp_path, keep=mine)
-    assert mine.is_file() and not other.exists()
+    def left_by(resolved):  # the file an interrupted run of `resolved` leaves
+        path = tmp_path / RUN_FILE
+        torch.save({"kdbench_config": training_config(resolved)}, path)
+        return path
+
+    # Evaluation, logging and display settings do not matter, nor a key only one side has (a newer kdbench's
+    # field with its default).
+    for same in ({**base, "eval": {"sets": {}}, "logger": {"kind": "none"}},
+                 {**base, "trainer": {**base["trainer"], "progress": False, "num_threads": 2}},
+                 {**base, "trainer": {**base["trainer"], "new_field": 3}}):
+        path = left_by(base)
+        assert run_resume_file(tmp_path, same)[0] == path and path.is_file()
+    # What the training computes does.
+    for other in ({**base, "seed": 1}, {**base, "trainer": {**base["trainer"], "max_steps": 200}}):
+        path = left_by(base)
+        assert run_resume_file(tmp_path, other)[0] == path and not path.exists()
+    # An unreadable file, or one of another name (an older kdbench's), is removed.
+    (tmp_path / RUN_FILE).write_bytes(b"half a chec")
+    stale = tmp_path / "0123456789abcdef.resume.ckpt"
+    stale.write_bytes(b"y")
+    path, cfg = run_resume_file(tmp_path, base)
+    assert not path.exists() and not stale.exists() and cfg == training_config(base)

@@ -66,8 +66,9 @@ def _progress_bar():
 
 def make_trainer(trainer_cfg, max_steps: int, logger=None, default_root_dir: str | None = None,
                  progress: bool | None = None, name: str = "train", callbacks: list | None = None,
-                 resume_path: str | Path | None = None) -> L.Trainer:
-    """resume_path: where this training keeps its resume checkpoint (kdbench.methods.resume); None: none."""
+                 resume_path: str | Path | None = None, resume_config: dict | None = None) -> L.Trainer:
+    """resume_path: where this training keeps its resume checkpoint (kdbench.methods.resume; None: none), recording
+    resume_config in it."""
     from kdbench.methods.resume import ResumeCheckpoint
 
     quiet_lightning()
@@ -75,7 +76,7 @@ def make_trainer(trainer_cfg, max_steps: int, logger=None, default_root_dir: str
     show = t.progress if progress is None else progress
     callbacks = list(callbacks or [])
     if resume_path is not None and t.resume_every_minutes is not None:
-        callbacks.append(ResumeCheckpoint(resume_path, t.resume_every_minutes))
+        callbacks.append(ResumeCheckpoint(resume_path, t.resume_every_minutes, resume_config))
     return L.Trainer(
         accelerator=t.accelerator, devices=1, precision=t.precision, max_steps=max_steps,
         val_check_interval=min(t.val_every, max_steps), check_val_every_n_epoch=None,

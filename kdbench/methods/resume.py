@@ -8,8 +8,9 @@ the selection's best weights so far, and the RNG states. A run that starts and f
 configuration continues from it; the file is deleted once the run's result is safely written. Tests check that
 an interrupted and resumed run ends with the same weights as an uninterrupted one.
 
-The file name carries a key of everything that determines the training (not evaluation or logging settings), so
-a run with a changed configuration never continues another's training; stale files of other keys are removed.
+A run's file records its training config (not evaluation or logging settings); a restarted run continues from
+it only if that config matches its own (run_resume_file), so a changed configuration never continues another's
+training. The teacher stage and the warm start name theirs by their content keys.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from kdbench.stages.keys import content_key
 
 log = logging.getLogger(__name__)
 SUFFIX = ".resume.ckpt"
@@ -32,23 +32,52 @@ NOT_TRAINING = ("eval", "logger", "paths", "force", "sweep_name")
 TRAINER_NOT_TRAINING = ("progress", "num_threads", "resume_every_minutes", "save_student")
 
 
-def run_resume_key(resolved: dict) -> str:
-    """The key of a distillation run's training: its resolved config less what only evaluation or logs read."""
+def training_config(resolved: dict) -> dict:
+    """A distillation run's resolved config less what only evaluation, logs or display read."""
     cfg = {k: v for k, v in resolved.items() if k not in NOT_TRAINING}
     cfg["trainer"] = {k: v for k, v in cfg.get("trainer", {}).items() if k not in TRAINER_NOT_TRAINING}
-    return content_key("run_training", config=cfg)
+    return cfg
+
+
+RUN_FILE = f"training{SUFFIX}"
 
 
 def resume_file(folder: str | Path, key: str) -> Path:
+    """A stage's resume file, named by the stage's content key."""
     return Path(folder) / f"{key}{SUFFIX}"
 
 
 def drop_stale(folder: str | Path, keep: Path) -> None:
-    """Remove resume files of other configurations in this folder: nothing can continue from them any more."""
+    """Remove other resume files in a run's folder (an older kdbench's names): nothing continues from them."""
     for p in Path(folder).glob(f"*{SUFFIX}"):
         if p != keep:
-            log.info("removing %s: it resumes a different configuration", p.name)
+            log.info("removing %s: this run's resume file is %s", p.name, keep.name)
             p.unlink(missing_ok=True)
+
+
+def run_resume_file(run_dir: str | Path, resolved: dict) -> tuple[Path, dict]:
+    """(A run's resume file, the training config to record in it). A file left by an interrupted run is kept only
+    if the training config it recorded matches this one; keys only one side has do not count, as for
+    results.json (a newer kdbench adds fields whose defaults keep the old behaviour), so upgrading kdbench in the
+    middle of a long run does not throw its progress away. Any other file is removed, saying why."""
+    from kdbench.tracking.results import config_changes
+
+    cfg = training_config(resolved)
+    path = Path(run_dir) / RUN_FILE
+    drop_stale(run_dir, keep=path)
+    if path.is_file():
+        try:
+            saved = torch.load(path, map_location="cpu", weights_only=False, mmap=True).get("kdbench_config")
+        except Exception as e:  # noqa: BLE001 - an unreadable file can only be started over
+            saved, why = None, f"unreadable ({type(e).__name__})"
+        else:
+            why = "no training config recorded" if saved is None else None
+        changed = config_changes(saved, cfg) if saved is not None else []
+        if why or changed:
+            log.warning("%s: not resuming from it: %s; training starts over", path,
+                        why or "made with a different training config (" + ", ".join(changed[:5]) + ")")
+            path.unlink()
+    return path, cfg
 
 
 def rng_states() -> dict:
@@ -70,8 +99,9 @@ def _validates_now(trainer) -> bool:
 class ResumeCheckpoint(L.Callback):
     """Save the training state to `path` every `every_minutes` of training (0: after every step; tests)."""
 
-    def __init__(self, path: str | Path, every_minutes: float):
-        self.path, self.every_s = Path(path), every_minutes * 60.0
+    def __init__(self, path: str | Path, every_minutes: float, config: dict | None = None):
+        # config: recorded in the file, so that a later start can tell whether it may continue from it.
+        self.path, self.every_s, self.config = Path(path), every_minutes * 60.0, config
         self._last = None
         self._rng_to_restore = None
         self._after_validation = False
@@ -112,6 +142,7 @@ class ResumeCheckpoint(L.Callback):
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint):
         checkpoint["kdbench_rng"] = rng_states()
+        checkpoint["kdbench_config"] = self.config
 
     def on_load_checkpoint(self, trainer, pl_module, checkpoint):
         self._rng_to_restore = checkpoint.get("kdbench_rng")
