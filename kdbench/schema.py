@@ -298,6 +298,9 @@ class SamplingConfig:
     top_k: int = 0
     max_new_tokens: int = 256
     sets: Optional[List[str]] = None
+    # Sample only each set's first `limit` rows (null: all): the profile costs one generation per seed and row,
+    # and its mean over seeds needs fewer rows than the greedy metrics. `<set>/sampled/n` records the count.
+    limit: Optional[int] = None
 
 
 @dataclass
@@ -633,6 +636,7 @@ def validate_eval(e: Any) -> None:
         _check(0 < sp.top_p <= 1, "eval.sampling.top_p", sp.top_p, "must lie in (0, 1]")
         _check(sp.top_k >= 0, "eval.sampling.top_k", sp.top_k, "must be >= 0 (0: off)")
         _check(sp.max_new_tokens > 0, "eval.sampling.max_new_tokens", sp.max_new_tokens, "must be > 0")
+        _check(sp.limit is None or sp.limit > 0, "eval.sampling.limit", sp.limit, "must be > 0 (null: every row)")
         for name in sp.sets or []:
             _check(name in generation_sets, "eval.sampling.sets", name,
                    f"not a generation set of this profile ({', '.join(generation_sets) or 'none'})")

@@ -155,6 +155,7 @@ def test_misspelt_eval_set_key_fails_at_compose_naming_it():
     ("eval.limit=0", "eval.limit"),
     ("eval.sampling.enabled=true eval.sampling.top_p=0", "eval.sampling.top_p"),
     ("eval.sampling.enabled=true eval.sampling.sets=[nope]", "eval.sampling.sets"),
+    ("eval.sampling.enabled=true eval.sampling.limit=0", "eval.sampling.limit"),
     ("eval.exposure_bias.enabled=true eval.exposure_bias.set=embedded_sentiment", "eval.exposure_bias.set"),
     ("eval.agreement.set=nope", "eval.agreement.set"),
     ("eval.judge.backend=gpt4", "eval.judge.backend"),
@@ -273,7 +274,8 @@ def test_kdbench_eval_end_to_end_on_a_saved_student(tmp_path):
     args = ["teacher.source=pretrained", f"teacher.path={teacher}", "teacher.name=ref", "trainer=smoke",
             *SMALL_EMBEDDED, f"model.path={saved}", *path_overrides(),
             "~eval.sets.unni",  # MiniLLM's UnNI [11+] has no offline copy; unni_short stands in for UnNI
-            "eval.limit=3", "eval.max_new_tokens=6", "eval.sampling.seeds=[1,2]", "eval.exposure_bias.num_prompts=2",
+            "eval.limit=3", "eval.max_new_tokens=6", "eval.sampling.seeds=[1,2]", "eval.sampling.limit=2",
+            "eval.exposure_bias.num_prompts=2",
             "eval.exposure_bias.report_at=[2,4]", "eval.lm_eval.tasks=[kdbench_embedded]", "eval.lm_eval.limit=4"]
     env = {**os.environ, "KDBENCH_CACHE": str(cache), "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1",
            "HF_DATASETS_OFFLINE": "1", "OPENAI_API_KEY": secret}
@@ -295,7 +297,7 @@ def test_kdbench_eval_end_to_end_on_a_saved_student(tmp_path):
         assert m[f"{s}/n"] == 3 and 0 <= m[f"{s}/rouge_l"] <= 100 and f"{s}/normalized_exact_match" in m
         assert f"{s}/exact_match" not in m
         assert f"{s}/sampled/rouge_l_mean" in m and f"{s}/sampled/rouge_l_std" in m
-        assert m[f"{s}/sampled/n_seeds"] == 2
+        assert m[f"{s}/sampled/n_seeds"] == 2 and m[f"{s}/sampled/n"] == 2  # eval.sampling.limit of 3 rows
         assert f"{s}/rouge_l" in t  # the teacher's reference row
     assert "embedded_test/exact_match" in m and "embedded_test/normalized_exact_match" not in m
     for s in ("dollyeval", "sni", "unni_short"):

@@ -171,7 +171,7 @@ def evaluate_sampled(name: str, rows: list[dict], set_cfg, eval_cfg, model, toke
             per_seed["dist4"].append(distinct_n(result.texts, 4))
         if set_cfg.repetition:
             per_seed["repetition"].append(repetition_rate(result.texts, 4))
-    out = {f"{name}/sampled/n_seeds": len(eval_cfg.sampling.seeds)}
+    out = {f"{name}/sampled/n_seeds": len(eval_cfg.sampling.seeds), f"{name}/sampled/n": len(rows)}
     for metric, values in per_seed.items():
         out[f"{name}/sampled/{metric}_mean"] = statistics.fmean(values)
         out[f"{name}/sampled/{metric}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0

@@ -120,7 +120,8 @@ def run_suite(student: Model, teacher: Model | None, eval_cfg, embedded_cfg, *, 
                 buckets.setdefault(name, {})[role] = out.length_buckets
             if eval_cfg.sampling.enabled and name in sampled:
                 with clock(f"sampling/{name}"):
-                    values, new = evaluate_sampled(name, rows[name], s, eval_cfg, m.model, m.tokenizer, role, **cache)
+                    some = rows[name][:eval_cfg.sampling.limit] if eval_cfg.sampling.limit else rows[name]
+                    values, new = evaluate_sampled(name, some, s, eval_cfg, m.model, m.tokenizer, role, **cache)
                 metrics.update(values)
                 res.new_tokens += new if role == "student" else 0
             if s.judge and judge_reason is None:
