@@ -25,6 +25,37 @@ TINY_RUN = [
 ]
 
 
+# ----------------------------------------------------------------- interrupting a training (resume tests)
+
+import lightning as L  # noqa: E402 - after the environment above is set
+
+
+class Crash(RuntimeError):
+    pass
+
+
+class CrashAt(L.Callback):
+    """Raise once `global_step` reaches `step`: a training killed at that point (callbacks placed after the
+    resume checkpoint's run after its save of that step, those placed before it run before)."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_end(self, trainer, *args, **kwargs):
+        if trainer.global_step >= self.step:
+            raise Crash(f"interrupted at step {trainer.global_step}")
+
+
+class CountSteps(L.Callback):
+    """How many training steps this trainer ran (a resumed one runs only those left)."""
+
+    def __init__(self):
+        self.n = 0
+
+    def on_train_batch_end(self, *args, **kwargs):
+        self.n += 1
+
+
 @pytest.fixture(autouse=True)
 def _one_thread():
     """Tiny models run fastest on one thread, and the suite may share the machine with other work."""

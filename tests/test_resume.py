@@ -5,13 +5,12 @@ and a run continues only from a file of its own training config."""
 
 from __future__ import annotations
 
-import lightning as L
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
-from conftest import REPO, small_splits, tiny_model, trainer_cfg
+from conftest import REPO, Crash, CountSteps, CrashAt, small_splits, tiny_model, trainer_cfg
 
 from kdbench.data.datamodule import InstructionDataModule
 from kdbench.methods.build import make_module
@@ -45,29 +44,6 @@ def _method(name: str):
             return compose(config_name="train", overrides=[f"method={name}", *METHOD_OVERRIDES[name]]).method
     finally:
         GlobalHydra.instance().clear()
-
-
-class Crash(RuntimeError):
-    pass
-
-
-class CrashAt(L.Callback):
-    """Raise once `global_step` reaches `step`, after the resume checkpoint of that step was written."""
-
-    def __init__(self, step: int):
-        self.step = step
-
-    def on_train_batch_end(self, trainer, *args, **kwargs):
-        if trainer.global_step >= self.step:
-            raise Crash(f"interrupted at step {trainer.global_step}")
-
-
-class CountSteps(L.Callback):
-    def __init__(self):
-        self.n = 0
-
-    def on_train_batch_end(self, *args, **kwargs):
-        self.n += 1
 
 
 def _train(name, tok, teacher, resume_path=None, crash_at=None, val_every=None):
@@ -134,6 +110,7 @@ def test_a_failed_save_leaves_the_previous_checkpoint_whole(tmp_path):
     with pytest.raises(OSError):
         ResumeCheckpoint(path, 0).save(Dying())
     assert path.read_bytes() == b"the previous checkpoint"
+    assert list(tmp_path.iterdir()) == [path]  # and no half-written temp file beside it
 
 
 def test_a_run_resumes_only_from_a_file_of_the_same_training_config(tmp_path):

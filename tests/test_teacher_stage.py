@@ -57,8 +57,9 @@ def test_key_changes_with_anything_that_determines_the_teacher(tmp_path):
 
 
 def test_an_interrupted_stage_resumes_to_the_same_teacher(tmp_path, monkeypatch):
-    import lightning as L
     import pytest
+
+    from conftest import Crash, CountSteps, CrashAt
 
     from kdbench.methods import fit as fit_module
 
@@ -66,33 +67,19 @@ def test_an_interrupted_stage_resumes_to_the_same_teacher(tmp_path, monkeypatch)
     tok = embedded_tokenizer(cfg.data.embedded, tmp_path)
     straight, key = stage.teacher_stage(cfg, tok, tmp_path / "straight", show_progress=False)
 
-    class Crash(RuntimeError):
-        pass
-
-    class CrashAtStep2(L.Callback):
-        def on_train_batch_end(self, trainer, *args, **kwargs):
-            if trainer.global_step >= 2:
-                raise Crash()
-
     make_trainer = fit_module.make_trainer
     monkeypatch.setattr(fit_module, "make_trainer",
-                        lambda *a, **k: make_trainer(*a, **{**k, "callbacks": [CrashAtStep2()]}))
+                        lambda *a, **k: make_trainer(*a, **{**k, "callbacks": [CrashAt(2)]}))
     with pytest.raises(Crash):
         stage.teacher_stage(cfg, tok, tmp_path / "resumed", show_progress=False)
     left = tmp_path / "resumed" / "teachers" / f"{key}.resume.ckpt"
     assert left.is_file() and stage.find_teacher(key, tmp_path / "resumed") is None
-    class CountSteps(L.Callback):
-        n = 0
-
-        def on_train_batch_end(self, *args, **kwargs):
-            CountSteps.n += 1
-
-    monkeypatch.setattr(fit_module, "make_trainer",
-                        lambda *a, **k: make_trainer(*a, **{**k, "callbacks": [CountSteps()]}))
+    count = CountSteps()
+    monkeypatch.setattr(fit_module, "make_trainer", lambda *a, **k: make_trainer(*a, **{**k, "callbacks": [count]}))
     resumed, _ = stage.teacher_stage(cfg, tok, tmp_path / "resumed", show_progress=False)
     # The crash came before step 2's checkpoint (user callbacks run before ResumeCheckpoint): step 1's is the
     # last, and the stage continued from it, not from step 0.
-    assert CountSteps.n == cfg.teacher.finetune.max_steps - 1
+    assert count.n == cfg.teacher.finetune.max_steps - 1
     assert not left.exists()  # published: nothing left to resume
     for (n, a), (_, b) in zip(straight.state_dict().items(), resumed.state_dict().items()):
         assert (a == b).all(), n

@@ -16,7 +16,6 @@ training. The teacher stage and the warm start name theirs by their content keys
 from __future__ import annotations
 
 import logging
-import os
 import random
 import time
 from pathlib import Path
@@ -24,18 +23,17 @@ from pathlib import Path
 import lightning as L
 import torch
 
+from kdbench.tracking.atomic import atomic_write_by
 
 log = logging.getLogger(__name__)
 SUFFIX = ".resume.ckpt"
-# The parts of a run's resolved config that do not change what training computes.
-NOT_TRAINING = ("eval", "logger", "paths", "force", "sweep_name")
-TRAINER_NOT_TRAINING = ("progress", "num_threads", "resume_every_minutes", "save_student")
 
 
 def training_config(resolved: dict) -> dict:
-    """A distillation run's resolved config less what only evaluation, logs or display read."""
-    cfg = {k: v for k, v in resolved.items() if k not in NOT_TRAINING}
-    cfg["trainer"] = {k: v for k, v in cfg.get("trainer", {}).items() if k not in TRAINER_NOT_TRAINING}
+    """A distillation run's resolved config less what only its evaluation and its saved copy read. Paths, logging,
+    threads and display need no stripping: config_changes ignores them everywhere (tracking.results._VOLATILE)."""
+    cfg = {k: v for k, v in resolved.items() if k != "eval"}
+    cfg["trainer"] = {k: v for k, v in cfg.get("trainer", {}).items() if k != "save_student"}
     return cfg
 
 
@@ -135,10 +133,7 @@ class ResumeCheckpoint(L.Callback):
         self._last = time.monotonic()
 
     def save(self, trainer) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        trainer.save_checkpoint(str(tmp))
-        os.replace(tmp, self.path)
+        atomic_write_by(self.path, lambda tmp: trainer.save_checkpoint(str(tmp)))
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint):
         checkpoint["kdbench_rng"] = rng_states()

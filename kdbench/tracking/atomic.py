@@ -7,16 +7,19 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 
-def atomic_write_text(path: str | Path, text: str) -> Path:
+def atomic_write_by(path: str | Path, write: Callable[[Path], None]) -> Path:
+    """Let `write` fill a temp file beside `path` (given its name: a library's own save function will do), then
+    fsync it and rename it into place; on any failure the temp file goes and the old `path` stays as it was."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
+        write(Path(tmp))
+        with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)  # mkstemp creates 0600; results and reports are meant to be shared
         os.replace(tmp, path)
@@ -24,6 +27,10 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    return atomic_write_by(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def atomic_write_json(path: str | Path, obj) -> Path:
