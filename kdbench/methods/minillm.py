@@ -193,7 +193,9 @@ class MiniLLMDistillation(OfflineDistillation):
         pg = ppo_loss(-ce, rollout.old_logprobs[start:stop].to(self.device),
                       rollout.advantages[start:stop].to(self.device), rollout.weights[start:stop].to(self.device),
                       self.cfg.cliprange)
-        return {"pg": pg.sum(), "single_step": rkl.sum()}
+        sums = {"pg": pg.sum(), "single_step": rkl.sum()}
+        sums["rl"] = sums["pg"] + (sums["single_step"] if self.cfg.single_step_reg else 0.0)
+        return sums
 
     def training_step(self, batch, batch_idx):
         if self._t0 is None:
@@ -213,13 +215,12 @@ class MiniLLMDistillation(OfflineDistillation):
         n_roll = max(int(self.rollout.old_logprobs.numel()), 1)
         rows = int(self.rollout.batch["input_ids"].shape[0])
         size = self.micro_batch_size or rows
-        rl = {"pg": 0.0, "single_step": 0.0}
+        rl = {"pg": 0.0, "single_step": 0.0, "rl": 0.0}
         for k in range(0, rows, size):
             sums = self.policy_sums(self.rollout, slice(k, min(k + size, rows)))
-            self.manual_backward((sums["pg"] + (sums["single_step"] if self.cfg.single_step_reg else 0.0)) / n_roll)
+            self.manual_backward(sums["rl"] / n_roll)
             for key in rl:
                 rl[key] += float(sums[key].detach()) / n_roll
-        rl["rl"] = rl["pg"] + (rl["single_step"] if self.cfg.single_step_reg else 0.0)
         # The pretraining term on the data's own responses: (1 - kd_ratio) CE + kd_ratio forward KL, per token.
         n_tokens = max(sum(int((p["labels"][:, 1:] != IGNORE).sum()) for p in parts), 1)
         pt = 0.0
