@@ -90,6 +90,8 @@ def test_an_interrupted_training_resumes_to_the_same_weights(name, crash_at, sma
     # The selection saw the validations before the crash (step 3) and after it (step 6), as the straight run did.
     assert resumed_sel["history"] == straight_sel["history"] and len(straight_sel["history"]) >= 2
     assert resumed_module.tokens_seen == straight_module.tokens_seen
+    # Its tokens/s counts the tokens it trained on itself, not those restored from the checkpoint.
+    assert straight_module._tokens0 == 0 and 0 < resumed_module._tokens0 < resumed_module.tokens_seen
     for attr in ("generated_tokens", "counts", "rollouts", "onpolicy_steps"):
         if hasattr(straight_module, attr):
             assert getattr(resumed_module, attr) == getattr(straight_module, attr), attr

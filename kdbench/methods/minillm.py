@@ -35,7 +35,6 @@ Not yet: trainer.micro_batch_size does not split MiniLLM's step (the rollout and
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 import torch
@@ -198,8 +197,7 @@ class MiniLLMDistillation(OfflineDistillation):
         return sums
 
     def training_step(self, batch, batch_idx):
-        if self._t0 is None:
-            self._t0 = time.perf_counter()
+        self._start_clock()
         parts = batch["parts"] if "parts" in batch else [batch]
         if self.rollout is None or self.rollout_uses >= self.cfg.ppo_epochs:
             prompts = [p for part in parts for p in prompts_of_batch(part)]
@@ -239,6 +237,6 @@ class MiniLLMDistillation(OfflineDistillation):
         logs = {"train/loss": loss, "train/pg": rl["pg"], "train/single_step": rl["single_step"], "train/pt": pt,
                 "train/reward": self.rollout.reward_per_token, "train/rollout_reverse_kl": self.rollout.reverse_kl,
                 "train/lr": sched.get_last_lr()[0]}
-        logs["train/tokens_per_s"] = self.tokens_seen / max(time.perf_counter() - self._t0, 1e-9)
+        logs["train/tokens_per_s"] = self._tokens_per_s()
         self.log_dict(logs, on_step=True, on_epoch=False, batch_size=sum(p["input_ids"].shape[0] for p in parts))
         self.log("loss", logs["train/loss"], prog_bar=True, on_step=True, logger=False)

@@ -109,7 +109,7 @@ class OfflineDistillation(L.LightningModule):
         if method.hidden.weight > 0:
             self._setup_hidden(method.hidden, student, teacher)
         self.tokens_seen = 0
-        self._t0 = None
+        self._t0, self._tokens0 = None, 0
         self.resumed = False
 
     def on_save_checkpoint(self, checkpoint):
@@ -194,6 +194,14 @@ class OfflineDistillation(L.LightningModule):
         out["tokens"] = targets.numel()
         return out
 
+    def _start_clock(self) -> None:
+        # Throughput counts this process's tokens only: a resumed run restores tokens_seen, not the clock.
+        if self._t0 is None:
+            self._t0, self._tokens0 = time.perf_counter(), self.tokens_seen
+
+    def _tokens_per_s(self) -> float:
+        return (self.tokens_seen - self._tokens0) / max(time.perf_counter() - self._t0, 1e-9)
+
     def _micro_batches(self, parts: list[dict]):
         for part in parts:
             size = self.micro_batch_size or part["input_ids"].shape[0]
@@ -202,8 +210,7 @@ class OfflineDistillation(L.LightningModule):
 
     def training_step(self, batch, batch_idx):
         """One optimizer step over a batch given as one padded tensor dict or as {"parts": [...]}."""
-        if self._t0 is None:
-            self._t0 = time.perf_counter()
+        self._start_clock()
         opt = self.optimizers()
         sched = self.lr_schedulers()
         parts = batch["parts"] if "parts" in batch else [batch]
@@ -223,7 +230,7 @@ class OfflineDistillation(L.LightningModule):
         self.tokens_seen += sum(int(p["attention_mask"].sum()) for p in parts)
         logs = {f"train/{k}": v / max(n_tokens, 1) for k, v in totals.items()}
         logs["train/lr"] = sched.get_last_lr()[0]
-        logs["train/tokens_per_s"] = self.tokens_seen / max(time.perf_counter() - self._t0, 1e-9)
+        logs["train/tokens_per_s"] = self._tokens_per_s()
         self.log_dict(logs, prog_bar=False, on_step=True, on_epoch=False,
                       batch_size=sum(p["input_ids"].shape[0] for p in parts))
         self.log("loss", logs["train/loss"], prog_bar=True, on_step=True, logger=False)
