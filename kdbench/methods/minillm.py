@@ -30,7 +30,7 @@ Where kdbench differs from both, by necessity: the pretraining term reads the ba
 embedded benchmark has no pretraining corpus; MiniLLM uses OpenWebText), a rollout is one batch of prompts reused
 for ppo_epochs steps (the official store holds num_rollouts samples), the EOS a sample ends with is an action like
 any other token, and whitening uses the response positions only (the official `whiten` also counts padding).
-Not yet: trainer.micro_batch_size does not split MiniLLM's step (the rollout and the data batch run whole).
+trainer.micro_batch_size splits the rollout's backward and the data batch's; the rollout is sampled whole.
 """
 
 from __future__ import annotations
