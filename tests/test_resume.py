@@ -92,6 +92,8 @@ def test_an_interrupted_training_resumes_to_the_same_weights(name, crash_at, sma
     assert resumed_module.tokens_seen == straight_module.tokens_seen
     # Its tokens/s counts the tokens it trained on itself, not those restored from the checkpoint.
     assert straight_module._tokens0 == 0 and 0 < resumed_module._tokens0 < resumed_module.tokens_seen
+    # And its training time includes the interrupted process's, up to the checkpoint.
+    assert straight_module.seconds_before == 0 and resumed_module.seconds_before > 0
     for attr in ("generated_tokens", "counts", "rollouts", "onpolicy_steps"):
         if hasattr(straight_module, attr):
             assert getattr(resumed_module, attr) == getattr(straight_module, attr), attr

@@ -111,10 +111,14 @@ class OfflineDistillation(L.LightningModule):
         self.tokens_seen = 0
         self._t0, self._tokens0 = None, 0
         self.resumed = False
+        # Training seconds spent by the processes this run resumed from: a resumed run's cost includes them.
+        self.seconds_before = 0.0
 
     def on_save_checkpoint(self, checkpoint):
+        state = {a: getattr(self, a) for a in self.RESUME_ATTRS}
+        state["seconds_before"] = self.seconds_before + (time.perf_counter() - self._t0 if self._t0 else 0.0)
         # Pickled together, so objects shared between attributes (DistiLLM's buffer and its rng) stay shared.
-        checkpoint["kdbench_state"] = pickle.dumps({a: getattr(self, a) for a in self.RESUME_ATTRS})
+        checkpoint["kdbench_state"] = pickle.dumps(state)
 
     def on_load_checkpoint(self, checkpoint):
         for a, v in pickle.loads(checkpoint["kdbench_state"]).items():
