@@ -174,12 +174,10 @@ class MiniLLMDistillation(OfflineDistillation):
         self.rollouts = 0
         self.generated_tokens = 0
 
-    def policy_sums(self, rollout: Rollout, rows: slice) -> dict:
-        """PPO and single-step losses of the rollout's rows `rows`, summed over their response tokens, for the
-        current student."""
+    def policy_sums(self, rollout: Rollout, rows: slice, tokens: slice) -> dict:
+        """PPO and single-step losses of the rollout's rows `rows`, summed over their response tokens (`tokens`
+        in the rollout's flat per-token order), for the current student."""
         batch = {k: v[rows].to(self.device) for k, v in rollout.batch.items()}
-        lengths, _ = response_grid(rollout.batch)
-        start, stop = int(lengths[:rows.start].sum()), int(lengths[:rows.stop].sum())  # their flat tokens
         s_hidden, targets = response_hidden(self.student, batch)
         with torch.no_grad():
             t_hidden, _ = response_hidden(self.teacher, batch)
@@ -189,8 +187,8 @@ class MiniLLMDistillation(OfflineDistillation):
             s_hidden, s_head.weight, t_hidden, t_head.weight, "reverse_kl", vocab_size=self.vocab_size,
             temperature=1.0, chunk_size=chunk_rows(self.method, self.vocab_size), student_head_bias=s_head.bias,
             teacher_head_bias=t_head.bias, targets=targets)
-        pg = ppo_loss(-ce, rollout.old_logprobs[start:stop].to(self.device),
-                      rollout.advantages[start:stop].to(self.device), rollout.weights[start:stop].to(self.device),
+        pg = ppo_loss(-ce, rollout.old_logprobs[tokens].to(self.device),
+                      rollout.advantages[tokens].to(self.device), rollout.weights[tokens].to(self.device),
                       self.cfg.cliprange)
         sums = {"pg": pg.sum(), "single_step": rkl.sum()}
         sums["rl"] = sums["pg"] + (sums["single_step"] if self.cfg.single_step_reg else 0.0)
@@ -213,9 +211,11 @@ class MiniLLMDistillation(OfflineDistillation):
         n_roll = max(int(self.rollout.old_logprobs.numel()), 1)
         rows = int(self.rollout.batch["input_ids"].shape[0])
         size = self.micro_batch_size or rows
+        ends = [0, *response_grid(self.rollout.batch)[0].cumsum(0).tolist()]  # rows' bounds in the flat tokens
         rl = {"pg": 0.0, "single_step": 0.0, "rl": 0.0}
         for k in range(0, rows, size):
-            sums = self.policy_sums(self.rollout, slice(k, min(k + size, rows)))
+            stop = min(k + size, rows)
+            sums = self.policy_sums(self.rollout, slice(k, stop), slice(ends[k], ends[stop]))
             self.manual_backward(sums["rl"] / n_roll)
             for key in rl:
                 rl[key] += float(sums[key].detach()) / n_roll
