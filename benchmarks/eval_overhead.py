@@ -16,21 +16,19 @@ The suite is dominated by generation, so the harness must add little to it:
    new tokens per second. Target: >= 3.5x.
 
 Without --student the default student is built from its config with random init (it then generates up to
-max_new_tokens on every prompt: a valid timing, not a realistic one). DollyEval is read from ../shared/data (the
-MiniLLM copy with its exact prompt strings) unless --data names another JSONL file.
+max_new_tokens on every prompt: a valid timing, not a realistic one). DollyEval is the copy bundled with kdbench
+(kdbench/assets/evalsets: MiniLLM's file with its exact prompt strings) unless --data names another JSONL file.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 from pathlib import Path
 
 import torch
-
-ROOT = Path(__file__).resolve().parents[1]
-DOLLY = ROOT.parent / "shared" / "data" / "dollyeval_minillm_500.jsonl"
 
 
 def compose(overrides: list[str]):
@@ -78,7 +76,7 @@ def bare_loop(model, tokenizer, prompts: list[str], batch_size: int, max_new_tok
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--student", help="kdbench run folder, model folder or HF id (default: untrained default)")
-    parser.add_argument("--data", type=Path, default=DOLLY)
+    parser.add_argument("--data", type=Path, default=None, help="a DollyEval JSONL copy (default: the bundled one)")
     parser.add_argument("--prompts", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=8)
@@ -91,9 +89,11 @@ def main() -> None:
     from kdbench.data.datamodule import prompt_of
 
     torch.set_num_threads(args.threads)
-    if not args.data.is_file():
-        raise SystemExit(f"--data {args.data}: no such file (DollyEval lives in ../shared/data beside the project)")
-    cfg = compose(["+eval_set@eval.sets.dollyeval=dollyeval", f"eval.sets.dollyeval.source.path={args.data}",
+    if args.data is not None and not args.data.is_file():
+        raise SystemExit(f"--data {args.data}: no such file")
+    os.environ["HF_HUB_OFFLINE"] = "1"  # a timing benchmark reads no hub: the bundled copy, or --data
+    source = [f"eval.sets.dollyeval.source.path={args.data}"] if args.data else []
+    cfg = compose(["+eval_set@eval.sets.dollyeval=dollyeval", *source,
                    f"eval.sets.dollyeval.limit={args.prompts}", f"eval.generation.batch_size={args.batch_size}"])
     set_cfg = cfg.eval.sets.dollyeval
     # The ROUGE-L evaluator: generation + ROUGE-L, none of the set's extra passes (LM loss, Dist-4, buckets).
@@ -107,7 +107,7 @@ def main() -> None:
     settings = greedy_settings(cfg.eval, max_new_tokens(set_cfg.max_new_tokens, cfg.eval))
     new_max, plen = settings.max_new_tokens, cfg.eval.max_prompt_length
     print(f"model {name}, {sum(p.numel() for p in model.parameters()):,} params, {len(prompts)} DollyEval prompts "
-          f"({args.data.name}), greedy, batch {args.batch_size}, max_new_tokens {new_max}, max_prompt_length {plen}, "
+          f"({args.data.name if args.data else 'bundled DollyEval'}), greedy, batch {args.batch_size}, max_new_tokens {new_max}, max_prompt_length {plen}, "
           f"torch {torch.__version__}, {args.threads} thread(s), {args.rounds} rounds after a warm-up")
 
     def harness():

@@ -64,15 +64,19 @@ def load_evaluated(cfg, cache_dir: Path, teacher_tokenizer=None):
 
 
 def run_eval(cfg: DictConfig) -> dict:
-    from kdbench.models.resolve import load_teacher
-    from kdbench.report.run_table import print_run_table
-    from kdbench.tracking.results import build_record, write_results
+    from kdbench.methods.interrupt import handle_signals
     from kdbench.train import begin_run
 
     t_start = time.perf_counter()
-    start = begin_run(cfg)
-    if start.done is not None:
-        return start.done
+    with handle_signals(), begin_run(cfg) as start:
+        return start.done if start.done is not None else _evaluate(cfg, start, t_start)
+
+
+def _evaluate(cfg: DictConfig, start, t_start: float) -> dict:
+    from kdbench.models.resolve import load_teacher
+    from kdbench.report.run_table import print_run_table
+    from kdbench.tracking.results import build_record, write_results
+
     run_dir, cell, resolved, cache_dir = start.run_dir, start.cell, start.resolved, start.cache_dir
     e = cfg.eval
     needs_teacher = e.teacher or e.agreement.enabled or e.exposure_bias.enabled
@@ -89,6 +93,7 @@ def run_eval(cfg: DictConfig) -> dict:
     logger = make_logger(cfg.logger, run_dir, run_name=f"eval/{cell}", group=f"eval/{cfg.sweep_name}",
                          config=resolved, tags=["kdbench-eval", f"method={method}", f"student={student.name}",
                                                 f"teacher={teacher.name if teacher else 'none'}"])
+    failed = True
     try:
         t_eval = time.perf_counter()
         reference = Model(teacher.model, teacher.tokenizer, teacher.name, teacher.fingerprint) if teacher else None
@@ -112,20 +117,25 @@ def run_eval(cfg: DictConfig) -> dict:
             evaluation=suite.details,
         )
         write_results(run_dir, record)
+        failed = False
     finally:
-        finish(logger)
+        finish(logger, failed)
     print_run_table(record)
     return record
 
 
 @hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="evaluate")
 def _hydra_eval(cfg: DictConfig) -> None:
-    from kdbench.train import _user_errors
+    from kdbench.evaluation.judge import JudgeFailedError
+    from kdbench.methods.interrupt import RunInterrupted
+    from kdbench.train import RunFolderBusy, _user_errors, stop_on_signal
 
     try:
         run_eval(cfg)
-    except _user_errors() as e:
+    except (*_user_errors(), RunFolderBusy, JudgeFailedError) as e:
         raise SystemExit(f"kdbench-eval: error: {e}") from None
+    except RunInterrupted as e:
+        raise stop_on_signal(e, "kdbench-eval") from None
 
 
 def cli() -> None:

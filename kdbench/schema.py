@@ -87,6 +87,9 @@ class SourceConfig:
     # hf only: the file(s) inside the dataset repository to read (datasets' data_files), e.g. "11_/valid.jsonl"
     # for MiniLLM/sinst; the split of a data_files load is "train".
     data_files: Optional[str] = None
+    # hf only: the copy of this set bundled with kdbench (kdbench/assets/evalsets/<name>.jsonl.gz), read instead of
+    # the hub when HF_HUB_OFFLINE / HF_DATASETS_OFFLINE is set or the hub cannot be reached.
+    bundled: Optional[str] = None
 
 
 @dataclass
@@ -320,6 +323,8 @@ class JudgeSchema:
     timeout_s: float = 120.0
     cache_dir: Optional[str] = None
     show_progress: bool = True
+    # The share of verdicts that may fail (after retries) before the run fails, naming the endpoint's last error.
+    max_failed_fraction: float = 0.1
 
 
 @dataclass
@@ -642,6 +647,8 @@ def validate_eval(e: Any) -> None:
                    f"not a generation set of this profile ({', '.join(generation_sets) or 'none'})")
     from kdbench.evaluation.judge import BACKENDS
     _check(e.judge.backend in BACKENDS, "eval.judge.backend", e.judge.backend, f"use {', '.join(BACKENDS)}")
+    _check(0.0 <= e.judge.max_failed_fraction <= 1.0, "eval.judge.max_failed_fraction", e.judge.max_failed_fraction,
+           "must be a share between 0 and 1 (0: no failed verdict allowed, 1: never fail the run)")
     eb = e.exposure_bias
     if eb.enabled:
         _check(eb.set in generation_sets, "eval.exposure_bias.set", eb.set,

@@ -6,10 +6,12 @@ models/ (loading, the teacher stage), data/, methods/, evaluation/, tracking/, r
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,10 +48,22 @@ class RunStart:
     done: dict | None  # the finished run's record when this cell is already complete (printed, not redone)
 
 
-def begin_run(cfg: DictConfig) -> RunStart:
-    """What every run (kdbench, kdbench-eval) does first: find its cell's folder, skip the cell if its results.json
-    is complete for the same config, else validate the config, set threads and seed."""
+LOCK_FILE = "run.lock"
+INTERRUPTED_FILE = "interrupted.json"
+FAILED_FILE = "failed.txt"
+
+
+class RunFolderBusy(RuntimeError):
+    """Another process holds this run folder's lock (the same run started twice)."""
+
+
+@contextlib.contextmanager
+def begin_run(cfg: DictConfig) -> Iterator[RunStart]:
+    """What every run (kdbench, kdbench-eval) does first: find its cell's folder and lock it (two identical runs
+    never write one folder), skip the cell if its results.json is complete for the same config, else validate the
+    config, set threads and seed. The lock is held until the run ends."""
     import torch
+    from filelock import FileLock, Timeout
 
     from kdbench.report.run_table import print_run_table
     from kdbench.schema import validate
@@ -57,28 +71,73 @@ def begin_run(cfg: DictConfig) -> RunStart:
 
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    start = RunStart(run_dir, hc.job.override_dirname or "default", resolved,
-                     Path(os.path.expanduser(cfg.paths.cache_dir)), finished_run(run_dir, resolved, cfg.force, log))
-    if start.done is not None:
-        print_run_table(start.done)
-        return start
-    validate(cfg)
-    torch.set_num_threads(_threads(cfg))
-    torch.manual_seed(cfg.seed)
-    return start
+    run_dir.mkdir(parents=True, exist_ok=True)
+    # fcntl-based: released by the kernel when the process dies, so a killed run leaves no stale lock.
+    lock = FileLock(str(run_dir / LOCK_FILE))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise RunFolderBusy(f"{run_dir} is in use by another kdbench process running the same configuration "
+                            f"(it holds {run_dir / LOCK_FILE}); wait for it to finish (then this command finds "
+                            f"its result) or stop it (then this command continues its training)") from None
+    try:
+        resolved = OmegaConf.to_container(cfg, resolve=True)
+        start = RunStart(run_dir, hc.job.override_dirname or "default", resolved,
+                         Path(os.path.expanduser(cfg.paths.cache_dir)),
+                         finished_run(run_dir, resolved, cfg.force, log))
+        if start.done is not None:
+            print_run_table(start.done)
+        else:
+            validate(cfg)
+            torch.set_num_threads(_threads(cfg))
+            torch.manual_seed(cfg.seed)
+        yield start
+    finally:
+        lock.release()
+
+
+def record_outcome(run_dir: Path, interrupted: BaseException | None = None) -> None:
+    """interrupted.json says a run stopped on a signal (and how to continue); a finished run removes it and any
+    failed.txt of an earlier attempt."""
+    from kdbench.tracking.atomic import atomic_write_json
+
+    path = run_dir / INTERRUPTED_FILE
+    if interrupted is None:
+        path.unlink(missing_ok=True)
+        (run_dir / FAILED_FILE).unlink(missing_ok=True)
+        return
+    atomic_write_json(path, {"status": "interrupted", "signal": interrupted.signal_name,
+                             "step": interrupted.step, "max_steps": interrupted.max_steps,
+                             "resume_file": interrupted.resume_file,
+                             "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                             "message": f"{interrupted.describe()}; run the same command again to continue"})
 
 
 def run(cfg: DictConfig) -> dict:
+    """One distillation run in its locked folder; SIGTERM and SIGINT stop it as RunInterrupted (saved to continue
+    from, recorded in interrupted.json)."""
+    from kdbench.methods.interrupt import RunInterrupted, handle_signals
+
+    t_start = time.perf_counter()
+    with handle_signals(), begin_run(cfg) as start:
+        if start.done is not None:
+            return start.done
+        try:
+            record = _distill(cfg, start, t_start)
+        except RunInterrupted as e:
+            record_outcome(start.run_dir, e)
+            raise
+        record_outcome(start.run_dir)
+        return record
+
+
+def _distill(cfg: DictConfig, start: RunStart, t_start: float) -> dict:
+    from kdbench.methods.resume import run_resume_file
     from kdbench.models.compat import check_distillable
     from kdbench.models.resolve import load_student, load_teacher
     from kdbench.report.run_table import print_run_table
     from kdbench.tracking.results import build_record, write_results
 
-    t_start = time.perf_counter()
-    start = begin_run(cfg)
-    if start.done is not None:
-        return start.done
     run_dir, cell, resolved, cache_dir = start.run_dir, start.cell, start.resolved, start.cache_dir
     method = cfg.method
     from kdbench.methods.build import SAMPLING_KINDS
@@ -105,14 +164,17 @@ def run(cfg: DictConfig) -> dict:
     from kdbench.methods.fit import fit, make_trainer
     from kdbench.methods.build import make_module, sampling_cost
     from kdbench.methods.offline import check_head_path
-    from kdbench.methods.resume import run_resume_file
     from kdbench.methods.selection import SelectCheckpoint
     from kdbench.models.loading import save_model_folder
-    from kdbench.tracking.loggers import finish, log_final, log_images, make_logger
+    from kdbench.tracking.loggers import finish, log_final, log_images, make_logger, run_wandb_id
 
+    # Known before the logger starts: a run that continues its training continues its W&B run (same id).
+    resume_path, training_cfg = run_resume_file(run_dir, resolved)
     logger = make_logger(cfg.logger, run_dir, run_name=f"{cfg.sweep_name}/{cell}", group=cfg.sweep_name,
                          config=resolved, tags=[f"method={method.name}", f"student={student.name}",
-                                                f"teacher={teacher.name if teacher else 'none'}"])
+                                                f"teacher={teacher.name if teacher else 'none'}"],
+                         run_id=run_wandb_id(run_dir, resuming=resume_path.is_file()))
+    failed = True
     try:
         # The budget is trainer.max_steps optimizer steps in all; a warm start takes its share first.
         steps, warm = cfg.trainer.max_steps, None
@@ -142,7 +204,6 @@ def run(cfg: DictConfig) -> dict:
         t_train = time.perf_counter()
         select = SelectCheckpoint(val_rows[:cfg.trainer.select_rows], student.tokenizer, cfg.trainer.select,
                                   cfg.trainer.select_max_new_tokens, cfg.data.max_prompt_length)
-        resume_path, training_cfg = run_resume_file(run_dir, resolved)
         trainer = make_trainer(cfg.trainer, steps, logger, str(run_dir), callbacks=[select],
                                resume_path=resume_path, resume_config=training_cfg)
         fit(module, dm, trainer)
@@ -188,18 +249,17 @@ def run(cfg: DictConfig) -> dict:
         )
         write_results(run_dir, record)
         resume_path.unlink(missing_ok=True)  # the result is written: nothing left to resume
+        failed = False
     finally:
         # In a finally: one failed cell must not leave a W&B run open and sink the rest of a multirun.
-        finish(logger)
+        finish(logger, failed)
     print_run_table(record)
     return record
 
 
-FAILED_FILE = "failed.txt"
-
-
 def _user_errors() -> tuple[type[Exception], ...]:
-    """Errors that are the input's fault: shown as their message alone (it names the key, file or line)."""
+    """Errors that are the input's fault: shown as their message alone (it names the key, file or line); a rerun
+    of the same command fails the same way."""
     from kdbench.data.sources import DataError
     from kdbench.models.compat import IncompatibleModelsError
     from kdbench.models.loading import WeightsNotFoundError
@@ -208,28 +268,51 @@ def _user_errors() -> tuple[type[Exception], ...]:
     return ConfigError, DataError, IncompatibleModelsError, WeightsNotFoundError, FileNotFoundError
 
 
+def stop_on_signal(e, program: str = "kdbench") -> SystemExit:
+    """One line on stderr, then the shell's exit status for the signal (143 SIGTERM, 130 SIGINT)."""
+    print(f"{program}: {e.describe()}; run the same command again to continue", file=sys.stderr, flush=True)
+    return SystemExit(e.exit_code)
+
+
+def failure_summary(e: BaseException) -> str:
+    """The last line of a failed cell's failed.txt: what failed and whether rerunning the sweep can help."""
+    if isinstance(e, _user_errors()):
+        return f"{type(e).__name__}: {e} [a rerun fails the same way: fix the config or data it names]"
+    if isinstance(e, RunFolderBusy):
+        return f"{type(e).__name__}: {e} [a rerun helps once the other process has finished]"
+    return f"{type(e).__name__}: {e} [not an input error: a rerun may pass; see the traceback above]"
+
+
 @hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="train")
 def _hydra_main(cfg: DictConfig) -> None:
+    from kdbench.evaluation.judge import JudgeFailedError
+    from kdbench.methods.interrupt import RunInterrupted
+
     if HydraConfig.get().mode != RunMode.MULTIRUN:
         try:
             run(cfg)
-        except _user_errors() as e:
+        except (*_user_errors(), RunFolderBusy, JudgeFailedError) as e:
             # SystemExit passes through Hydra's handler: the message, not a traceback, and exit status 1.
             raise SystemExit(f"kdbench: error: {e}") from None
+        except RunInterrupted as e:
+            raise stop_on_signal(e) from None
         return
     # In a sweep one failed cell must not sink the others: record the error in the cell's folder (the report
-    # lists it and the sweep exits non-zero at its end) and let the launcher go on.
+    # lists it and the sweep exits non-zero at its end) and let the launcher go on. A signal stops the worker.
+    from kdbench.methods.interrupt import exit_with_parent
     from kdbench.tracking.atomic import atomic_write_text
 
+    exit_with_parent()  # a killed sweep (even kill -9) leaves no worker running on
     failed = Path(HydraConfig.get().runtime.output_dir) / FAILED_FILE
     try:
         run(cfg)
-        failed.unlink(missing_ok=True)
-    except Exception:  # noqa: BLE001 - reported in the cell's folder and at the sweep's end
+    except RunInterrupted as e:
+        raise stop_on_signal(e) from None
+    except Exception as e:  # noqa: BLE001 - reported in the cell's folder and at the sweep's end
         import traceback
 
-        log.exception("cell %s failed", HydraConfig.get().job.override_dirname)
-        atomic_write_text(failed, traceback.format_exc())
+        log.error("cell %s failed: %s", HydraConfig.get().job.override_dirname, failure_summary(e))
+        atomic_write_text(failed, traceback.format_exc() + failure_summary(e) + "\n")
 
 
 def with_sweeps_on_searchpath(argv: list[str]) -> list[str]:
@@ -267,7 +350,13 @@ def teacher_only(cfg: DictConfig) -> None:
 
 @hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="train")
 def _hydra_teacher(cfg: DictConfig) -> None:
-    teacher_only(cfg)
+    from kdbench.methods.interrupt import RunInterrupted, handle_signals
+
+    try:
+        with handle_signals():
+            teacher_only(cfg)
+    except RunInterrupted as e:
+        raise stop_on_signal(e, "kdbench-teacher") from None
 
 
 def _setup() -> None:

@@ -141,3 +141,40 @@ def small_teacher(small_tokenizer):
     from kdbench.models.loading import freeze
 
     return freeze(sft(tiny_model(small_tokenizer, seed=1, hidden=48), small_tokenizer, small_splits(), 120, seed=1))
+
+
+# ----------------------------------------------------------------- the real evaluation sets
+# The tests read the sets bundled with the package (kdbench/assets/evalsets, PROVENANCE.md there), never a folder
+# beside the checkout: a fresh clone has everything a test reads.
+
+def bundled_records(name: str, n: int | None = None) -> list[dict]:
+    """The first `n` (all: None) JSON objects of the bundled evaluation set `name` (e.g. "sst2_dev")."""
+    from kdbench.data.bundled import bundled_path, iter_bundled
+
+    records = []
+    for raw, _ in iter_bundled(bundled_path(name)):
+        if n is not None and len(records) >= n:
+            break
+        records.append(raw)
+    return records
+
+
+@pytest.fixture(scope="session")
+def bundled_file(tmp_path_factory):
+    """name -> an uncompressed JSONL copy of the bundled evaluation set `name`, for what reads a local file
+    (source.path overrides, read_jsonl, lm-eval's task_data); each is written once per session."""
+    import gzip
+    import shutil
+
+    from kdbench.data.bundled import bundled_path
+
+    folder = tmp_path_factory.mktemp("evalsets")
+
+    def path(name: str) -> Path:
+        out = folder / f"{name}.jsonl"
+        if not out.is_file():
+            with gzip.open(bundled_path(name), "rb") as src, out.open("wb") as dst:
+                shutil.copyfileobj(src, dst)
+        return out
+
+    return path

@@ -13,6 +13,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from conftest import bundled_records
 from kdbench.data import embedded
 from kdbench.data.datamodule import (IGNORE, EncodedDataset, InstructionDataModule, ShuffledBatchSampler, collate,
                                      encode_row, split_by_length)
@@ -23,21 +24,7 @@ from kdbench.data.template import render_prompt
 from kdbench.models.tokenizer import train_bpe_tokenizer
 from kdbench.schema import EmbeddedConfig
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 SMALL = SplitSizes(train=700, validation=70, test=140)
-
-
-def shared_file(name: str) -> Path:
-    path = SHARED_DATA / name
-    if not path.is_file():
-        pytest.fail(f"real evaluation data missing: {path} (expected ../shared/data/{name} beside the repo; "
-                    f"see ../shared/data/PROVENANCE.md)", pytrace=False)
-    return path
-
-
-def raw_rows(name: str) -> list[dict]:
-    with shared_file(name).open(encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
 
 
 @pytest.fixture(scope="module")
@@ -222,9 +209,9 @@ def test_generators_share_no_global_state():
 
 # ------------------------------------------------------------------------------------------------ prompt template
 
-@pytest.mark.parametrize("name", ["dollyeval_minillm_500.jsonl", "selfinst_minillm_242.jsonl"])
+@pytest.mark.parametrize("name", ["dollyeval_minillm_500", "selfinst_minillm_242"])
 def test_render_prompt_matches_minillm_files(name):
-    rows = raw_rows(name)
+    rows = bundled_records(name)
     with_input = [r for r in rows if r["input"]]
     without_input = [r for r in rows if not r["input"]]
     assert with_input and without_input, "the file should exercise both template variants"
@@ -328,9 +315,9 @@ def test_read_jsonl_missing_file(tmp_path):
         read_jsonl(path)
 
 
-def test_read_jsonl_real_file_keeps_prompt():
-    rows = read_jsonl(shared_file("dollyeval_minillm_500.jsonl"))
-    raw = raw_rows("dollyeval_minillm_500.jsonl")
+def test_read_jsonl_real_file_keeps_prompt(bundled_file):
+    rows = read_jsonl(bundled_file("dollyeval_minillm_500"))
+    raw = bundled_records("dollyeval_minillm_500")
     assert len(rows) == len(raw) == 500
     for r, x in zip(rows, raw):
         assert r["prompt"] == x["prompt"]
@@ -338,10 +325,10 @@ def test_read_jsonl_real_file_keeps_prompt():
         assert r["category"] == x["category"]
 
 
-def test_read_jsonl_sni_keeps_all_references():
-    path = shared_file("sni_minillm_1694.jsonl")
+def test_read_jsonl_sni_keeps_all_references(bundled_file):
+    path = bundled_file("sni_minillm_1694")
     rows = read_jsonl(path)
-    raw = raw_rows("sni_minillm_1694.jsonl")
+    raw = bundled_records("sni_minillm_1694")
     assert len(rows) == len(raw)
     assert any(len(r["references"]) > 1 for r in rows)
     for r, x in zip(rows, raw):

@@ -1,6 +1,7 @@
-"""The evaluation suite wired into kdbench: eval-set configs over the real MiniLLM / GLUE files (../shared/data via
-path overrides), the full profile, strict validation, the suite in-process (judge through a local HTTP endpoint)
-and `kdbench-eval` end to end in a subprocess: results.json, figures and the W&B offline run."""
+"""The evaluation suite wired into kdbench: eval-set configs over the real MiniLLM / GLUE files (the copies bundled
+with the package: read by default offline, or through path overrides), the full profile, strict validation, the
+suite in-process (judge through a local HTTP endpoint) and `kdbench-eval` end to end in a subprocess: results.json,
+figures and the W&B offline run."""
 
 from __future__ import annotations
 
@@ -17,31 +18,30 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
-from conftest import REPO
+from conftest import REPO, bundled_records
 from kdbench.paths import conf_dir
 from kdbench.schema import ConfigError, register_configs, run_dirname, validate
 
-DATA = REPO.parent / "shared" / "data"
-SHARED = {  # eval set -> its offline copy (../shared/data/PROVENANCE.md)
-    "dollyeval": "dollyeval_minillm_500.jsonl",
-    "selfinst": "selfinst_minillm_242.jsonl",
-    "vicunaeval": "vicunaeval_minillm_80.jsonl",
-    "sni": "sni_minillm_1694.jsonl",
-    "unni_short": "unni_dtkd_1050.jsonl",
-    "sst2": "sst2_dev.jsonl",
-    "boolq": "boolq_dev.jsonl",
+BUNDLED = {  # eval set -> its copy bundled with kdbench (kdbench/assets/evalsets/PROVENANCE.md), and its rows
+    "dollyeval": ("dollyeval_minillm_500", 500),
+    "selfinst": ("selfinst_minillm_242", 242),
+    "vicunaeval": ("vicunaeval_minillm_80", 80),
+    "sni": ("sni_minillm_1694", 1694),
+    "unni_short": ("unni_dtkd_1050", 1050),
+    "sst2": ("sst2_dev", 872),
+    "boolq": ("boolq_dev", 3270),
 }
 SMALL_EMBEDDED = ["data.embedded.train_size=400", "data.embedded.validation_size=40", "data.embedded.test_size=60"]
 
 
-def shared(name: str) -> Path:
-    path = DATA / SHARED[name]
-    assert path.is_file(), f"{path} is missing: these tests read the real sets in ../shared/data (PROVENANCE.md)"
-    return path
+@pytest.fixture
+def local_copy(bundled_file):
+    """eval set -> an uncompressed JSONL copy of its bundled file, for source.path overrides."""
+    return lambda name: bundled_file(BUNDLED[name][0])
 
 
-def path_overrides(prefix: str = "eval.sets") -> list[str]:
-    return [f"{prefix}.{name}.source.path={shared(name)}" for name in SHARED]
+def path_overrides(local_copy, prefix: str = "eval.sets") -> list[str]:
+    return [f"{prefix}.{name}.source.path={local_copy(name)}" for name in BUNDLED]
 
 
 @pytest.fixture(autouse=True)
@@ -61,16 +61,16 @@ def _compose(overrides=(), config_name="train"):
 # ----------------------------------------------------------------------------------------------------- configs
 
 
-@pytest.mark.parametrize("name", sorted(SHARED))
-def test_each_real_set_loads_its_shared_copy_through_a_path_override(name):
+@pytest.mark.parametrize("name", sorted(BUNDLED))
+def test_each_real_set_loads_a_local_copy_through_a_path_override(name, local_copy):
     from kdbench.evaluation.classification_sets import load_items
     from kdbench.evaluation.generation_sets import load_set_rows
 
-    cfg = _compose([f"+eval_set@eval.sets.{name}={name}", f"eval.sets.{name}.source.path={shared(name)}",
+    cfg = _compose([f"+eval_set@eval.sets.{name}={name}", f"eval.sets.{name}.source.path={local_copy(name)}",
                     f"eval.sets.{name}.limit=5"])
     validate(cfg)
     s = cfg.eval.sets[name]
-    assert s.source.kind == "hf" and cfg.eval.sets[name].source.path == str(shared(name))
+    assert s.source.kind == "hf" and cfg.eval.sets[name].source.path == str(local_copy(name))
     if s.kind == "generation":
         rows = load_set_rows(s, cfg.eval, cfg.data.embedded)
         assert len(rows) == 5
@@ -81,19 +81,266 @@ def test_each_real_set_loads_its_shared_copy_through_a_path_override(name):
     else:
         items = load_items(name, s, cfg.eval, cfg.data.embedded)
         assert len(items.prompts) == len(items.labels) == 5 and set(items.labels) <= {0, 1}
-        raw = [json.loads(line) for line in shared(name).read_text().splitlines()[:5]]
+        raw = [json.loads(line) for line in local_copy(name).read_text().splitlines()[:5]]
         assert items.labels == [r["label"] for r in raw]  # BoolQ's bool `answer` agrees with its `label`
         first = raw[0]["text"] if name == "sst2" else raw[0]["question"]
         assert first in items.prompts[0] and items.prompts[0].endswith("### Response:\n")
 
 
-def test_sni_keeps_every_reference():
+def test_sni_keeps_every_reference(local_copy):
     from kdbench.evaluation.generation_sets import load_set_rows
 
-    cfg = _compose(["+eval_set@eval.sets.sni=sni", f"eval.sets.sni.source.path={shared('sni')}",
+    cfg = _compose(["+eval_set@eval.sets.sni=sni", f"eval.sets.sni.source.path={local_copy('sni')}",
                     "eval.sets.sni.limit=3"])
     rows = load_set_rows(cfg.eval.sets.sni, cfg.eval, cfg.data.embedded)
     assert max(len(r["references"]) for r in rows) >= 2  # row 1 of the file has two references
+
+
+# ------------------------------------------------------------------------------------- bundled copies, offline
+
+
+@pytest.mark.parametrize("name", sorted(BUNDLED))
+def test_each_real_set_loads_offline_from_its_bundled_copy_with_no_override(name, monkeypatch, caplog):
+    from kdbench.evaluation.classification_sets import load_items
+    from kdbench.evaluation.generation_sets import load_set_rows
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    bundled, n_rows = BUNDLED[name]
+    cfg = _compose([f"+eval_set@eval.sets.{name}={name}"])
+    validate(cfg)
+    s = cfg.eval.sets[name]
+    assert s.source.kind == "hf" and "/" in s.source.path and s.source.bundled == bundled  # a hub id, and its copy
+    raw = bundled_records(bundled)
+    with caplog.at_level("WARNING", logger="kdbench.data.bundled"):
+        if s.kind == "generation":
+            rows = load_set_rows(s, cfg.eval, cfg.data.embedded)
+            assert len(rows) == len(raw) == n_rows
+            assert [r["output"] for r in rows] == [x["output"] for x in raw]
+            assert all(r["prompt"].endswith("### Response:\n") for r in rows)
+        else:  # through the config's own columns (SST-2's {text: sentence} meets a copy already named `text`)
+            items = load_items(name, s, cfg.eval, cfg.data.embedded)
+            assert len(items.prompts) == len(raw) == n_rows
+            assert items.labels == [x["label"] for x in raw]
+            first = raw[0]["text"] if name == "sst2" else raw[0]["question"]
+            assert first in items.prompts[0]
+    said = [r.getMessage() for r in caplog.records if r.name == "kdbench.data.bundled"]
+    assert len(said) == 1 and "HF_HUB_OFFLINE is set" in said[0] and f"{bundled}.jsonl.gz" in said[0], said
+    assert s.source.path in said[0]  # the hub set it stands in for is named
+
+
+def test_bundled_files_match_their_provenance_and_the_configs_naming_them():
+    """Every bundled file is named by an eval-set config whose hub set is the one it copies, and its content is
+    the one PROVENANCE.md records (rows, sha256 of the uncompressed JSONL)."""
+    import gzip
+    import hashlib
+
+    from omegaconf import OmegaConf
+
+    from kdbench.data.bundled import EVALSETS_DIR, HUB_SETS, bundled_names, bundled_path
+
+    assert bundled_names() == sorted(HUB_SETS) == sorted(b for b, _ in BUNDLED.values())
+    named = {}
+    for path in sorted((REPO / "conf" / "eval_set").glob("*.yaml")):
+        src = OmegaConf.load(path).source
+        if src.get("bundled"):
+            named[src.bundled] = path.stem
+            assert HUB_SETS[src.bundled] == (src.path, src.get("data_files"), src.split), path
+    assert named == {b: name for name, (b, _) in BUNDLED.items()}
+    provenance = (EVALSETS_DIR / "PROVENANCE.md").read_text()
+    assert "CC BY-SA 3.0" in provenance and "share-alike" in provenance and "OpenAI" in provenance
+    rows = ([c.strip() for c in line.strip("|").split("|")] for line in provenance.splitlines()
+            if line.startswith("| ") and ".jsonl.gz" in line)
+    table = {cells[0]: cells for cells in rows}
+    for name, (bundled, n_rows) in BUNDLED.items():
+        content = gzip.decompress(bundled_path(bundled).read_bytes())
+        cells = table[f"{bundled}.jsonl.gz"]
+        assert cells[1] == name and int(cells[3]) == n_rows == content.count(b"\n"), cells
+        assert cells[-1] == hashlib.sha256(content).hexdigest(), f"{bundled}: content differs from PROVENANCE.md"
+
+
+def test_an_unknown_bundled_name_fails_naming_the_key(monkeypatch):
+    from kdbench.data.sources import DataError
+    from kdbench.evaluation.generation_sets import load_set_rows
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    cfg = _compose(["+eval_set@eval.sets.dollyeval=dollyeval", "eval.sets.dollyeval.source.bundled=dolly_500"])
+    with pytest.raises(DataError, match=r"source\.bundled='dolly_500'.*dollyeval_minillm_500"):
+        load_set_rows(cfg.eval.sets.dollyeval, cfg.eval, cfg.data.embedded)
+
+
+def test_a_path_pointed_at_another_hub_set_is_not_served_from_the_wrong_copy(monkeypatch):
+    from kdbench.data.sources import DataError
+    from kdbench.evaluation.generation_sets import load_set_rows
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    cfg = _compose(["+eval_set@eval.sets.dollyeval=dollyeval",
+                    "eval.sets.dollyeval.source.path=databricks/databricks-dolly-15k"])
+    with pytest.raises(DataError, match=r"databricks/databricks-dolly-15k.*HF_HUB_OFFLINE is set.*"
+                                        r"source\.bundled='dollyeval_minillm_500' is a copy of \('MiniLLM/dolly'"):
+        load_set_rows(cfg.eval.sets.dollyeval, cfg.eval, cfg.data.embedded)
+
+
+# Run in a fresh interpreter (the probe's answer is kept for the life of a process): the hub switched on, its
+# endpoint pointed at a local one, two sets read through their eval-set configs.
+_READ_TWO_SETS = """
+import json, logging, sys, time
+from omegaconf import OmegaConf
+from kdbench.data.sources import DataError, load_records, load_rows
+from kdbench.schema import SourceConfig
+logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+def source(name):
+    return SourceConfig(**OmegaConf.to_container(OmegaConf.load(f"{sys.argv[1]}/{name}.yaml").source))
+t0, out = time.perf_counter(), {}
+try:
+    out["dollyeval"] = len(load_rows(source("dollyeval"), None))
+    out["sst2"] = [r["text"] for r in load_records(source("sst2"))]
+except DataError as e:
+    out["error"] = str(e)
+out["seconds"] = time.perf_counter() - t0
+print(json.dumps(out))
+"""
+
+
+class _Endpoint:
+    """A local stand-in for the hub's endpoint: `refused` (nothing listens), `silent` (accepts connections and
+    never answers), or an HTTP server answering every request with `status`. Records what reached it."""
+
+    def __init__(self, behaviour: str, status: int = 404):
+        import socket
+
+        self.connections, self.requests = [], []
+        if behaviour == "refused":
+            probe = socket.socket()
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+            probe.close()  # the port was free a moment ago and nothing listens on it now
+            self.close = lambda: None
+        elif behaviour == "silent":
+            listener = socket.socket()
+            listener.bind(("127.0.0.1", 0))
+            listener.listen()
+            self.port = listener.getsockname()[1]
+
+            def accept():
+                while True:
+                    try:
+                        self.connections.append(listener.accept()[0])  # held open, never answered
+                    except OSError:
+                        return
+            threading.Thread(target=accept, daemon=True).start()
+            self.close = listener.close
+        else:
+            requests = self.requests
+
+            class Handler(BaseHTTPRequestHandler):
+                def answer(self):
+                    requests.append(f"{self.command} {self.path}")
+                    self.send_response(status)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+
+                do_GET = do_HEAD = answer
+
+                def log_message(self, *a):
+                    pass
+
+            server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+            threading.Thread(target=server.serve_forever, daemon=True).start()
+            self.port = server.server_address[1]
+            self.close = server.shutdown
+        self.url = f"http://127.0.0.1:{self.port}"
+
+
+def _read_two_sets_with_the_hub_at(endpoint: _Endpoint, tmp_path) -> tuple[dict, list[str]]:
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")}
+    env.update(HF_ENDPOINT=endpoint.url, HF_HOME=str(tmp_path / "hf_home"), HF_HUB_DISABLE_TELEMETRY="1")
+    try:
+        out = subprocess.run([sys.executable, "-c", _READ_TWO_SETS, str(REPO / "conf" / "eval_set")], env=env,
+                             capture_output=True, text=True, timeout=120)
+    finally:
+        endpoint.close()
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.splitlines()[-1]), [line for line in out.stderr.splitlines() if "bundled" in line]
+
+
+@pytest.mark.parametrize("behaviour,status,why", [
+    ("refused", 0, "cannot be reached (ConnectError"),
+    ("silent", 0, "cannot be reached (ReadTimeout"),
+    ("http", 503, "answered HTTP 503"),
+])
+def test_an_unreachable_hub_falls_back_to_the_bundled_copies_quickly(behaviour, status, why, tmp_path):
+    """No offline variable set, the hub unreachable: the probe (one short request per process, not datasets' ~23 s
+    of retries per set) sends both sets to their bundled copies, with one warning line each."""
+    endpoint = _Endpoint(behaviour, status)
+    got, warnings = _read_two_sets_with_the_hub_at(endpoint, tmp_path)
+    assert got.get("error") is None and got["dollyeval"] == 500
+    assert got["sst2"] == [x["text"] for x in bundled_records("sst2_dev")]
+    assert got["seconds"] < 10, got["seconds"]  # one probe of at most 3 s in all
+    assert len(warnings) == 2, warnings
+    for warning, file in zip(warnings, ("dollyeval_minillm_500.jsonl.gz", "sst2_dev.jsonl.gz")):
+        assert warning.startswith("WARNING kdbench.data.bundled") and endpoint.url in warning and why in warning
+        assert file in warning
+    if behaviour == "silent":
+        assert len(endpoint.connections) == 1  # probed once for the two sets
+    if behaviour == "http":
+        assert endpoint.requests == ["HEAD /"]
+
+
+def test_a_reachable_hub_is_read_by_name_not_from_the_bundled_copy(tmp_path):
+    """The endpoint answers (404 to everything): the hub is up, so the set is asked of it by name; its error (no
+    such set there) is the hub's, and no bundled copy is read."""
+    endpoint = _Endpoint("http", 404)
+    got, warnings = _read_two_sets_with_the_hub_at(endpoint, tmp_path)
+    assert warnings == [] and "dollyeval" not in got
+    assert "data source 'MiniLLM/dolly'" in got["error"] and "could not be loaded" in got["error"]
+    assert endpoint.requests[0] == "HEAD /"  # the probe
+    assert any("/datasets/MiniLLM/dolly/" in r for r in endpoint.requests[1:]), endpoint.requests
+
+
+# An installed wheel, away from any checkout, with the hub off: each eval set's config (from the wheel's _conf)
+# reads its bundled copy from the wheel's own files.
+_READ_EVERY_SET = """
+import json, sys
+from omegaconf import OmegaConf
+import kdbench
+from kdbench.data.sources import load_records, load_rows
+from kdbench.paths import conf_dir
+from kdbench.schema import SourceConfig
+assert kdbench.__file__.startswith(sys.argv[1]), kdbench.__file__
+counts = {}
+for name in sys.argv[2:]:
+    node = OmegaConf.load(conf_dir() / "eval_set" / f"{name}.yaml")
+    source = SourceConfig(**OmegaConf.to_container(node.source))
+    read = load_rows(source, None) if node.kind == "generation" else load_records(source)
+    counts[name] = [len(read), str(conf_dir()), read[0].get("_where", "")]
+print(json.dumps(counts))
+"""
+
+
+def test_the_wheel_carries_the_bundled_sets_and_reads_them_offline(tmp_path):
+    import zipfile
+
+    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                            "-w", str(tmp_path / "dist"), str(REPO)], capture_output=True, text=True, timeout=300)
+    assert build.returncode == 0, build.stderr[-2000:]
+    wheel = next((tmp_path / "dist").glob("kdbench-*.whl"))
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert "kdbench/assets/evalsets/PROVENANCE.md" in names
+    assert {f"kdbench/assets/evalsets/{b}.jsonl.gz" for b, _ in BUNDLED.values()} <= names
+    site, elsewhere = tmp_path / "site", tmp_path / "elsewhere"
+    zipfile.ZipFile(wheel).extractall(site)
+    elsewhere.mkdir()
+    env = {"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "HF_HUB_OFFLINE": "1"}
+    out = subprocess.run([sys.executable, "-c", _READ_EVERY_SET, str(site), *BUNDLED], cwd=elsewhere, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    counts = json.loads(out.stdout.splitlines()[-1])
+    for name, (bundled, n_rows) in BUNDLED.items():
+        assert counts[name][0] == n_rows, name
+        assert counts[name][1].startswith(str(site))  # the wheel's configs, not the checkout's
+        if counts[name][2]:  # classification records name the file they came from: the wheel's copy
+            assert counts[name][2].startswith(str(site / "kdbench" / "assets" / "evalsets" / bundled)), counts[name]
+    assert out.stderr.count("reading the copy bundled with kdbench") == len(BUNDLED)
 
 
 def test_embedded_sets_and_the_light_profile():
@@ -215,7 +462,7 @@ class _Judge:
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
 
 
-def test_suite_in_process_with_a_judge_and_no_key_anywhere(tmp_path, monkeypatch):
+def test_suite_in_process_with_a_judge_and_no_key_anywhere(tmp_path, monkeypatch, local_copy):
     from kdbench.evaluation.suite import Model, run_suite
     from kdbench.models.loading import build_from_arch
     from kdbench.stages.tokenizer import embedded_tokenizer
@@ -224,8 +471,9 @@ def test_suite_in_process_with_a_judge_and_no_key_anywhere(tmp_path, monkeypatch
     monkeypatch.setenv("KDBENCH_TEST_JUDGE_KEY", secret)
     judge = _Judge()
     try:
-        cfg = _compose(["eval=full", *SMALL_EMBEDDED, *path_overrides(), "~eval.sets.unni", "~eval.sets.sni",
-                        "~eval.sets.vicunaeval", "~eval.sets.boolq", "eval.limit=2", "eval.max_new_tokens=4",
+        cfg = _compose(["eval=full", *SMALL_EMBEDDED, *path_overrides(local_copy), "~eval.sets.unni",
+                        "~eval.sets.sni", "~eval.sets.vicunaeval", "~eval.sets.boolq", "eval.limit=2",
+                        "eval.max_new_tokens=4",
                         "eval.sampling.enabled=false", "eval.exposure_bias.enabled=false",
                         "eval.judge.backend=openai", f"eval.judge.base_url={judge.url}", "eval.judge.model=m",
                         "eval.judge.api_key_env=KDBENCH_TEST_JUDGE_KEY", f"eval.judge.cache_dir={tmp_path}/cache",
@@ -272,7 +520,7 @@ def test_kdbench_eval_end_to_end_on_a_saved_student(tmp_path):
 
     secret = "sk-never-logged-1234"
     args = ["teacher.source=pretrained", f"teacher.path={teacher}", "teacher.name=ref", "trainer=smoke",
-            *SMALL_EMBEDDED, f"model.path={saved}", *path_overrides(),
+            *SMALL_EMBEDDED, f"model.path={saved}",  # no source.path: offline, the bundled copies are read
             "~eval.sets.unni",  # MiniLLM's UnNI [11+] has no offline copy; unni_short stands in for UnNI
             "eval.limit=3", "eval.max_new_tokens=6", "eval.sampling.seeds=[1,2]", "eval.sampling.limit=2",
             "eval.exposure_bias.num_prompts=2",
@@ -282,6 +530,9 @@ def test_kdbench_eval_end_to_end_on_a_saved_student(tmp_path):
     out = subprocess.run([sys.executable, "-c", "from kdbench.evaluate import cli; cli()", *args], cwd=tmp_path,
                          env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
+    for name, (bundled, _) in BUNDLED.items():  # one warning line per set says the bundled copy was read, and why
+        said = [line for line in (out.stdout + out.stderr).splitlines() if f"{bundled}.jsonl.gz" in line]
+        assert len(said) == 1 and "HF_HUB_OFFLINE is set" in said[0], (name, said)
     results = list((tmp_path / "outputs" / "eval").rglob("results.json"))
     assert len(results) == 1
     run_dir = results[0].parent

@@ -14,16 +14,18 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
-SST2 = SHARED_DATA / "sst2_dev.jsonl"
-BOOLQ = SHARED_DATA / "boolq_dev.jsonl"
 
 
-def _shared(path: Path) -> Path:
-    # Not a skip: these files are part of the test setup on these machines, and a silent skip would hide that the
-    # multiple-choice tasks were never run.
-    assert path.is_file(), f"{path} is missing: the SST-2/BoolQ tests read the copies in ../shared/data"
-    return path
+@pytest.fixture(scope="module")
+def sst2(bundled_file) -> Path:
+    """SST-2 dev (872 rows) as JSONL, from the copy bundled with kdbench: lm-eval's task_data reads a file."""
+    return bundled_file("sst2_dev")
+
+
+@pytest.fixture(scope="module")
+def boolq(bundled_file) -> Path:
+    """BoolQ dev (3,270 rows) as JSONL, from the bundled copy."""
+    return bundled_file("boolq_dev")
 
 
 @pytest.fixture(autouse=True)
@@ -51,7 +53,7 @@ def offline(monkeypatch, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
+def setup(tmp_path_factory, sst2, boolq):
     """A BPE tokenizer trained here, two differently seeded one-layer LLaMAs (hidden 32), and the embedded
     benchmark's test split as JSONL."""
     import torch
@@ -64,7 +66,7 @@ def setup(tmp_path_factory):
     torch.set_num_threads(1)
     splits = generate_splits(0, sizes=SplitSizes(train=300, validation=0, test=24))
     texts = [f"{r['instruction']} {r['input']} {r['output']}" for r in splits["train"]]
-    for path in (_shared(SST2), _shared(BOOLQ)):
+    for path in (sst2, boolq):
         with path.open() as f:
             texts += [next(f) for _ in range(100)]
     tok = train_bpe_tokenizer(texts, vocab_size=512)
@@ -133,11 +135,11 @@ def test_embedded_metric_is_strict_exact_match():
     assert utils.embedded_process_results(doc, ["red blue"]) == {"exact_match": 0.0}
 
 
-def test_sst2_and_boolq_accuracy(setup):
+def test_sst2_and_boolq_accuracy(setup, sst2, boolq):
     from kdbench.evaluation.harness import run_lm_eval
 
     out = run_lm_eval(setup["models"][0], setup["tok"], ["kdbench_sst2", "kdbench_boolq"], limit=8,
-                      task_data={"kdbench_sst2": str(_shared(SST2)), "kdbench_boolq": str(_shared(BOOLQ))})
+                      task_data={"kdbench_sst2": str(sst2), "kdbench_boolq": str(boolq)})
     json.dumps(out, allow_nan=False)
     for task in ("kdbench_sst2", "kdbench_boolq"):
         assert 0.0 <= out[f"{task}/acc"] <= 1.0
@@ -161,7 +163,7 @@ def _loglikelihood(model, tok, context: str, continuation: str) -> float:
     return float(sum(logp[len(ctx) - 1 + i, t] for i, t in enumerate(cont)))
 
 
-def test_the_in_memory_model_is_what_gets_scored(setup):
+def test_the_in_memory_model_is_what_gets_scored(setup, sst2):
     """lm-eval's SST-2 log-likelihoods equal the passed model's own (and differ between two initialisations);
     the caller's training mode survives the call."""
 
@@ -171,7 +173,7 @@ def test_the_in_memory_model_is_what_gets_scored(setup):
     scores = []
     for model in setup["models"]:
         model.train()
-        out = run_lm_eval(model, tok, ["kdbench_sst2"], limit=2, task_data={"kdbench_sst2": str(SST2)},
+        out = run_lm_eval(model, tok, ["kdbench_sst2"], limit=2, task_data={"kdbench_sst2": str(sst2)},
                           log_samples=True, seed=7)
         assert model.training, "run_lm_eval must restore the model's training mode"
         model.eval()
@@ -184,7 +186,7 @@ def test_the_in_memory_model_is_what_gets_scored(setup):
     assert not all(math.isclose(a, b, abs_tol=1e-6) for a, b in zip(*scores))
 
 
-def test_caller_rng_state_is_restored(setup):
+def test_caller_rng_state_is_restored(setup, sst2):
     import torch
 
     from kdbench.evaluation.harness import run_lm_eval
@@ -192,7 +194,7 @@ def test_caller_rng_state_is_restored(setup):
     torch.manual_seed(5)
     expected = torch.rand(3)
     torch.manual_seed(5)
-    run_lm_eval(setup["models"][0], setup["tok"], ["kdbench_sst2"], limit=1, task_data={"kdbench_sst2": str(SST2)})
+    run_lm_eval(setup["models"][0], setup["tok"], ["kdbench_sst2"], limit=1, task_data={"kdbench_sst2": str(sst2)})
     assert torch.equal(torch.rand(3), expected)
 
 
@@ -203,12 +205,12 @@ class _Untouchable:
         raise AssertionError(f"the model was touched (.{name}) before the task checks failed")
 
 
-def test_unknown_task_is_named_before_model_work():
+def test_unknown_task_is_named_before_model_work(sst2):
     from kdbench.evaluation.harness import UnknownTaskError, run_lm_eval
 
     with pytest.raises(UnknownTaskError, match="kdbench_no_such_task"):
         run_lm_eval(_Untouchable(), None, ["kdbench_sst2", "kdbench_no_such_task"],
-                    task_data={"kdbench_sst2": str(SST2)})
+                    task_data={"kdbench_sst2": str(sst2)})
 
 
 def test_missing_data_file_is_named(tmp_path):
@@ -222,7 +224,7 @@ def test_missing_data_file_is_named(tmp_path):
         run_lm_eval(_Untouchable(), None, ["kdbench_boolq"])
 
 
-def test_user_include_path_task(setup, tmp_path):
+def test_user_include_path_task(setup, tmp_path, sst2):
     """A user's task folder is searched too, and its JSONL comes through task_data like the shipped ones."""
     from kdbench.evaluation.harness import run_lm_eval
 
@@ -233,7 +235,7 @@ def test_user_include_path_task(setup, tmp_path):
         "doc_to_text: \"{{text}}\\nThe review is\"\ndoc_to_choice: [bad, good]\ndoc_to_target: label\n"
         "metric_list:\n  - metric: acc\n    aggregation: mean\n    higher_is_better: true\n")
     out = run_lm_eval(setup["models"][0], setup["tok"], ["my_sst2"], limit=3, include_path=folder,
-                      task_data={"my_sst2": str(SST2)})
+                      task_data={"my_sst2": str(sst2)})
     assert 0.0 <= out["my_sst2/acc"] <= 1.0 and out["my_sst2/n"] == 3
 
 

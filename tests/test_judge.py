@@ -1,15 +1,20 @@
 """The LLM judge (kdbench.evaluation.judge): prompt, score parsing, the OpenAI-compatible backend against a real
-local HTTP server (retries, failures, cache, the API key kept out of everything), the skipped judge, and a tiny
-local Hugging Face model as judge. Offline and fast."""
+local HTTP server (retries, malformed bodies, failures, the failed-verdict limit, partial ratios, cache, the API
+key kept out of everything), the skipped judge, and a tiny local Hugging Face model as judge. Offline and fast,
+but for two `kdbench-eval` runs in a subprocess (a configured judge without its key; an endpoint that fails):
+what reaches the console, results.json and kdbench-report."""
 
 from __future__ import annotations
 
 import email.utils
 import json
 import logging
+import os
 import random
 import re
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -22,6 +27,7 @@ from kdbench.evaluation.judge import (
     REFERENCE_FIRST,
     HFJudgeBackend,
     JudgeConfig,
+    JudgeFailedError,
     JudgeReport,
     OpenAIChatBackend,
     backoff_delay,
@@ -41,10 +47,16 @@ START_1, END_1 = "[The Start of Assistant 1's Answer]\n", "\n\n[The End of Assis
 # ------------------------------------------------------------------------------------------ the fake endpoint
 
 
+class RawBody(str):
+    """A 200 body sent as it is, not wrapped in a chat completion (a gateway's error page, a cut body)."""
+
+
 class FakeEndpoint:
     """A real ThreadingHTTPServer speaking the OpenAI chat-completions shape. `script(item, order, seen)` returns
     (status, content-or-body, extra headers[, delay]) for the seen-th request (0-based) of one prompt; it records
-    every request and the Authorization headers it saw."""
+    every request and the Authorization headers it saw. The test items' answers name their item and order
+    ("REF-3", "CAND-3"); a real run's prompts do not: each distinct prompt is then numbered in order of arrival
+    (its item) and its order is None."""
 
     def __init__(self):
         self.lock = threading.Lock()
@@ -52,6 +64,7 @@ class FakeEndpoint:
         self.bodies: list[dict] = []
         self.auth: list[str | None] = []
         self.seen: Counter = Counter()
+        self.prompt_ids: dict[str, int] = {}
         self.script = scripted_scores
         endpoint = self
 
@@ -66,8 +79,11 @@ class FakeEndpoint:
                 user = body["messages"][1]["content"]
                 first = user[user.index(START_1) + len(START_1):user.index(END_1)]
                 m = re.match(r"(REF|CAND)-(\d+)", first)
-                item, order = int(m.group(2)), REFERENCE_FIRST if m.group(1) == "REF" else CANDIDATE_FIRST
                 with endpoint.lock:
+                    if m:
+                        item, order = int(m.group(2)), REFERENCE_FIRST if m.group(1) == "REF" else CANDIDATE_FIRST
+                    else:
+                        item, order = endpoint.prompt_ids.setdefault(user, len(endpoint.prompt_ids)), None
                     seen = endpoint.seen[(item, order)]
                     endpoint.seen[(item, order)] += 1
                     endpoint.bodies.append(body)
@@ -77,7 +93,7 @@ class FakeEndpoint:
                     endpoint.requests.append((item, order, status))
                 if delay:
                     time.sleep(delay[0])
-                if status == 200:
+                if status == 200 and not isinstance(payload, RawBody):
                     payload = json.dumps({"id": "chatcmpl-test", "object": "chat.completion", "choices": [
                         {"index": 0, "message": {"role": "assistant", "content": payload}, "finish_reason": "stop"}]})
                 elif "{auth}" in payload:  # a careless server echoing the credentials back in an error
@@ -286,6 +302,14 @@ def test_scripted_endpoint_retries_failures_ratio_cache_and_key(endpoint, tmp_pa
     assert m["judge/unparsable_rate"] == pytest.approx(1 / 11)
     assert m["judge/n_failed"] == 1.0 and m["judge/n_unparsable"] == 1.0 and m["judge/n_requests"] == 12.0
     assert not report.skipped
+    # 1 failed of 12 is within max_failed_fraction (0.1), so the run goes on; the ratio, over 10 of the 12
+    # verdicts, is marked partial in the report's dict (results.json) and on the console.
+    assert report.partial and report.coverage == "10 of 12 verdicts"
+    d = report.to_dict(with_verdicts=False)
+    assert d["partial"] is True and d["coverage"] == "10 of 12 verdicts"
+    assert d["last_error"].startswith("HTTP 400 from " + endpoint.url) and "***" in d["last_error"]
+    summary = [r for r in caplog.records if "score ratio" in r.getMessage()]
+    assert summary[-1].levelno == logging.WARNING and "10 of 12 verdicts (partial)" in summary[-1].getMessage()
 
     # The answered verdicts (unparsable included) are cached; the failed one is not, so a rerun asks only it.
     assert len(list((tmp_path / "cache" / "judge").glob("*.json"))) == 11
@@ -335,9 +359,11 @@ def test_unreachable_endpoint_counts_failures(tmp_path, monkeypatch, caplog):
     with socket.socket() as s:  # a port with nothing listening
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
+    # Every verdict fails: counted in the report only when the config tolerates it (the default fails the run,
+    # test_failed_verdicts_over_the_limit_fail_the_run_naming_the_last_error).
     cfg = JudgeConfig(backend="openai", base_url=f"http://127.0.0.1:{port}/v1", model="m", api_key_env=KEY_ENV,
                       max_retries=1, backoff_base_s=0.001, timeout_s=1.0, cache_dir=str(tmp_path / "cache"),
-                      show_progress=False)
+                      show_progress=False, max_failed_fraction=1.0)
     report = judge_pairwise(*items(2), cfg)
     assert report.n_failed == 4 and report.failures == {"connection": 4}
     assert report.score_ratio is None and report.unparsable_rate is None
@@ -371,6 +397,236 @@ def test_endpoint_without_auth(endpoint, tmp_path):
     cfg = config_for(endpoint, tmp_path, api_key_env=None, cache_dir=None)
     report = judge_pairwise(*items(1), cfg)
     assert report.n_parsed == 2 and endpoint.auth == [None, None]
+
+
+def test_configured_judge_without_its_key_warns(endpoint, monkeypatch, caplog):
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    caplog.set_level(logging.INFO)
+    q, r, c = items(2)
+    report = judge_pairwise(q, r, c, JudgeConfig(backend="openai", base_url=endpoint.url, model="m",
+                                                 api_key_env=KEY_ENV, show_progress=False))
+    assert report.skipped and report.to_dict() == {"skipped": True, "reason": report.reason}
+    warned = [rec for rec in caplog.records if rec.levelno == logging.WARNING]
+    assert [rec.getMessage() for rec in warned] == [
+        f"LLM judge skipped: judge API key not available: environment variable {KEY_ENV} is unset or empty"]
+    # No judge at all is a choice, not a problem: said at INFO only.
+    caplog.clear()
+    assert judge_pairwise(q, r, c, JudgeConfig(show_progress=False)).skipped
+    assert not [rec for rec in caplog.records if rec.levelno >= logging.WARNING]
+    assert endpoint.requests == []
+
+
+def test_malformed_200_is_retried_like_a_5xx(endpoint, tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv(KEY_ENV, KEY)
+
+    def script(item, order, seen):
+        if item == 0 and seen == 0:  # a gateway's page, then a JSON body that is no completion: both retried
+            body = "<html>502 Bad Gateway</html>" if order == REFERENCE_FIRST else '{"choices": []}'
+            return 200, RawBody(body), {}
+        if item == 1:  # never a completion, and it echoes the credentials: fails after the retries, scrubbed
+            return 200, RawBody("upstream said {auth}"), {}
+        return clean_scores(item, order, seen)
+
+    endpoint.script = script
+    report = judge_pairwise(*items(2), config_for(endpoint, tmp_path, max_failed_fraction=0.5))
+    by = {(v.item, v.order): v for v in report.verdicts}
+    assert endpoint.count(0, REFERENCE_FIRST) == 2 and endpoint.count(0, CANDIDATE_FIRST) == 2
+    assert by[(0, REFERENCE_FIRST)].parsed and by[(0, CANDIDATE_FIRST)].parsed
+    assert endpoint.count(1, REFERENCE_FIRST) == 4 and endpoint.count(1, CANDIDATE_FIRST) == 4  # max_retries=3
+    failed = by[(1, REFERENCE_FIRST)]
+    assert failed.error_kind == "bad response"
+    assert failed.error == (f"bad response after 4 attempt(s) to {endpoint.url}/chat/completions: "
+                            "not a chat completion: 'upstream said Bearer ***'")
+    assert report.failures == {"bad response": 2} and report.coverage == "2 of 4 verdicts" and report.partial
+    assert len(list((tmp_path / "cache" / "judge").glob("*.json"))) == 2  # the answers, not the failures
+    assert_key_absent(report, caplog, tmp_path)
+
+
+def test_failed_verdicts_over_the_limit_fail_the_run_naming_the_last_error(endpoint, tmp_path, monkeypatch,
+                                                                            caplog):
+    monkeypatch.setenv(KEY_ENV, KEY)
+    endpoint.script = lambda item, order, seen: (
+        (503, '{"error": "overloaded for {auth}"}', {}) if item == 1 else clean_scores(item, order, seen))
+    # One worker, so the order is known: item 0 answers, item 1's two verdicts fail (2 > 0.1 x 12), and the
+    # requests not yet sent are cancelled instead of waiting on a failing endpoint.
+    cfg = config_for(endpoint, tmp_path, concurrency=1)
+    with pytest.raises(JudgeFailedError) as failure:
+        judge_pairwise(*items(6), cfg)
+    message = str(failure.value)
+    assert message.startswith(f"LLM judge at {endpoint.url}/chat/completions: 2 of 12 verdicts failed, more than "
+                              "eval.judge.max_failed_fraction=0.1 allows (1); ")
+    assert message.endswith(f". Last error: HTTP 503 after 4 attempt(s) to {endpoint.url}/chat/completions: "
+                            '{"error": "overloaded for Bearer ***"}')
+    assert KEY not in message
+    report = failure.value.report
+    assert report.n_failed == 12 - report.n_parsed and report.failures["HTTP 503"] == 2
+    assert report.failures["not asked"] == int(re.search(r"; (\d+) more were not asked", message).group(1)) >= 6
+    assert endpoint.count(1) == 8 and endpoint.count(4) == endpoint.count(5) == 0  # 2 verdicts x 4 attempts
+    # What was answered is cached (nothing lost): a rerun against a healed endpoint asks only the rest.
+    answered = {(v.item, v.order) for v in report.verdicts if v.text is not None}
+    assert {(0, REFERENCE_FIRST), (0, CANDIDATE_FIRST)} <= answered
+    assert len(list((tmp_path / "cache" / "judge").glob("*.json"))) == len(answered)
+    assert_key_absent(report, caplog, tmp_path)
+    endpoint.script = clean_scores
+    before = len(endpoint.requests)
+    again = judge_pairwise(*items(6), cfg)
+    assert again.n_cached == len(answered) and len(endpoint.requests) - before == 12 - len(answered)
+    assert not again.partial and again.coverage == "12 of 12 verdicts"
+
+
+def test_max_failed_fraction_is_checked_naming_its_key(tmp_path):
+    for bad in (-0.1, 1.5, "0.1", True):
+        with pytest.raises(ValueError, match=r"eval\.judge\.max_failed_fraction="):
+            JudgeConfig(max_failed_fraction=bad)
+    with pytest.raises(ValueError, match=r"eval\.judge\.max_failed_fraction=2"):
+        JudgeConfig.from_mapping({"backend": "none", "max_failed_fraction": 2})
+    from kdbench.schema import ConfigError, validate
+
+    with pytest.raises(ConfigError, match=r"^eval\.judge\.max_failed_fraction=1\.5: must be a share between 0 and 1"):
+        validate(compose_config(["eval.judge.max_failed_fraction=1.5"]))
+    assert compose_config(["eval=full"]).eval.judge.max_failed_fraction == 0.1
+
+
+def test_report_sums_judge_coverage_over_seeds(tmp_path):
+    """kdbench-report's "n of N" beside a judge ratio covers every seed of the row; a full ratio has no note."""
+    from kdbench.report import build_table, collect_results, render_markdown
+
+    def write(run, seed, method, n_parsed):
+        metrics = {"dollyeval/judge/score_ratio": 90.0 + seed, "dollyeval/judge/n_parsed": n_parsed,
+                   "dollyeval/judge/n_requests": 12.0}
+        record = {"status": "complete", "labels": {"method": method, "student": "tiny", "seed": seed},
+                  "metrics": metrics}
+        (tmp_path / run).mkdir()
+        (tmp_path / run / "results.json").write_text(json.dumps(record))
+
+    write("kd0", 0, "kd", 12.0)
+    write("kd1", 1, "kd", 10.0)
+    write("sft0", 0, "sft", 12.0)
+    table = build_table(collect_results(tmp_path))
+    kd, sft = table.row("kd", "tiny"), table.row("sft", "tiny")
+    assert kd.notes == {"dollyeval/judge/score_ratio": "partial: 22 of 24 verdicts"} and sft.notes == {}
+    md = render_markdown(table, precision=1)
+    assert "| kd | tiny | 2 | 90.5 ± 0.7 [partial: 22 of 24 verdicts] |" in md
+    assert "| sft | tiny | 1 | 90.0 |" in md
+    assert table.notes == []  # no judge was skipped
+
+
+# ------------------------------------------------------------------------------ kdbench-eval in a subprocess
+
+SMALL_EMBEDDED = ["data.embedded.train_size=400", "data.embedded.validation_size=40", "data.embedded.test_size=60"]
+
+
+def compose_config(overrides):
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from kdbench.paths import conf_dir
+    from kdbench.schema import register_configs
+
+    register_configs()
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+            return compose(config_name="train", overrides=list(overrides))
+    finally:
+        GlobalHydra.instance().clear()
+
+
+@pytest.fixture(scope="module")
+def saved_student(tmp_path_factory):
+    """(cache folder, a saved untrained tiny student): what `kdbench-eval model.path=...` evaluates."""
+    from kdbench.models.loading import build_from_arch, save_model_folder
+    from kdbench.stages.tokenizer import embedded_tokenizer
+
+    cfg = compose_config(SMALL_EMBEDDED)
+    root = tmp_path_factory.mktemp("eval_run")
+    tok = embedded_tokenizer(cfg.data.embedded, root / "cache")  # the subprocess finds it in the same cache
+    return root / "cache", save_model_folder(build_from_arch(cfg.student.arch, tok, seed=0), tok, root / "student")
+
+
+def kdbench_eval(tmp_path, saved_student, url, key: str | None):
+    """`kdbench-eval` on the smoke profile's 16 test items (32 verdicts), the judge at `url`, the student only."""
+    cache, student = saved_student
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    args = [f"model.path={student}", "eval=smoke", "eval.teacher=false", "eval.agreement.enabled=false",
+            "eval.plots=false", "eval.sets.embedded_test.judge=true", "logger=none", "trainer=smoke", *SMALL_EMBEDDED,
+            "eval.judge.backend=openai", f"eval.judge.base_url={url}", "eval.judge.model=judge-test",
+            f"eval.judge.api_key_env={KEY_ENV}", "eval.judge.max_retries=1", "eval.judge.backoff_base_s=0.01",
+            "eval.judge.backoff_max_s=0.02", "eval.judge.timeout_s=10", "eval.judge.show_progress=false"]
+    env = {k: v for k, v in os.environ.items() if k != KEY_ENV}
+    env.update({"KDBENCH_CACHE": str(cache), "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1",
+                "HF_DATASETS_OFFLINE": "1", **({KEY_ENV: key} if key else {})})
+    out = subprocess.run([sys.executable, "-c", "from kdbench.evaluate import cli; cli()", *args], cwd=tmp_path,
+                         env=env, capture_output=True, text=True, timeout=300)
+    return out, list((tmp_path / "outputs").rglob("results.json"))
+
+
+def report_of(tmp_path, capsys, *options) -> str:
+    """kdbench-report's stdout over the runs under tmp_path (its stderr stays in capsys for the caller)."""
+    from kdbench.report.cli import main as kdbench_report
+
+    capsys.readouterr()
+    assert kdbench_report([str(tmp_path / "outputs"), *options]) == 0
+    out, err = capsys.readouterr()
+    print(err, file=sys.stderr, end="")
+    return out
+
+
+@pytest.mark.slow
+def test_kdbench_eval_with_a_configured_judge_but_no_key(endpoint, saved_student, tmp_path, capsys):
+    out, results = kdbench_eval(tmp_path, saved_student, endpoint.url, key=None)
+    assert out.returncode == 0, out.stderr[-3000:]
+    reason = f"judge API key not available: environment variable {KEY_ENV} is unset or empty"
+    # On the console as a warning (Hydra's job logging: "[time][logger][WARNING] - message"), ...
+    assert re.search(rf"\[WARNING\] - LLM judge skipped: {re.escape(reason)}", out.stdout + out.stderr)
+    # ... in results.json, with no score, ...
+    rec = json.loads(results[0].read_text())
+    assert rec["eval"]["judge"] == {"skipped": True, "reason": reason} and rec["eval"]["skipped"]["judge"] == reason
+    assert not any("/judge/" in k for k in rec["metrics"])
+    # ... and under kdbench-report's table, as under the run's own.
+    line = f"LLM judge skipped: {reason} (1 run(s): method=pretrained student=student seed=0)"
+    assert line in report_of(tmp_path, capsys).splitlines()
+    assert line in out.stdout.splitlines()
+    assert endpoint.requests == []
+
+
+@pytest.mark.slow
+def test_kdbench_eval_with_a_partial_judge_and_with_a_failing_one(endpoint, saved_student, tmp_path, capsys):
+    # Partial: the first two distinct prompts get a 400 (not retried), the other 30 verdicts "8 6".
+    endpoint.script = lambda item, order, seen: (400, '{"error": "no"}', {}) if item < 2 else (200, "8 6\nok", {})
+    out, results = kdbench_eval(tmp_path / "partial", saved_student, endpoint.url, key=KEY)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert len(endpoint.prompt_ids) == 32  # 16 items x 2 orders, all distinct prompts
+    rec = json.loads(results[0].read_text())
+    judged = rec["eval"]["judge"]["student"]["embedded_test"]
+    assert judged["partial"] is True and judged["coverage"] == "30 of 32 verdicts"
+    assert judged["n_failed"] == 2 and judged["failures"] == {"HTTP 400": 2}
+    assert judged["last_error"] == f'HTTP 400 from {endpoint.url}/chat/completions: {{"error": "no"}}'
+    assert rec["metrics"]["embedded_test/judge/n_parsed"] == 30.0
+    assert rec["metrics"]["embedded_test/judge/score_ratio"] == pytest.approx(100.0)
+    assert re.search(r"\[WARNING\] - LLM judge .*: score ratio 100\.00 over 30 of 32 verdicts \(partial\)",
+                     out.stdout + out.stderr)
+    # The table (kdbench-report's and the run's own) shows the ratio with its coverage beside it.
+    for table in (report_of(tmp_path / "partial", capsys), out.stdout):
+        header, _, row = [line for line in table.splitlines() if line.startswith("|")][:3]
+        column = [c.strip() for c in header.strip("|").split("|")].index("embedded_test/judge/score_ratio")
+        assert [c.strip() for c in row.strip("|").split("|")][column] == "100.0 [partial: 30 of 32 verdicts]"
+    # The CSV keeps its columns (still parsed as numbers); the caveat goes to stderr.
+    csv_text = report_of(tmp_path / "partial", capsys, "--format", "csv", "--metrics", "all")
+    header, row = [line.split(",") for line in csv_text.splitlines()[:2]]
+    assert float(row[header.index("embedded_test/judge/score_ratio_mean")]) == pytest.approx(100.0)
+    assert ("kdbench-report: note: pretrained student embedded_test/judge/score_ratio: partial: 30 of 32 verdicts"
+            in capsys.readouterr().err.splitlines())
+
+    # Failing: every request gets a 503; the run stops, names the endpoint's last error and writes no result.
+    endpoint.script = lambda item, order, seen: (503, '{"error": "overloaded for {auth}"}', {})
+    out, results = kdbench_eval(tmp_path / "failing", saved_student, endpoint.url, key=KEY)
+    assert out.returncode != 0
+    assert (f"eval.judge.max_failed_fraction=0.1 allows (3); " in out.stderr
+            and f". Last error: HTTP 503 after 2 attempt(s) to {endpoint.url}/chat/completions: "
+                '{"error": "overloaded for Bearer ***"}' in out.stderr), out.stderr[-3000:]
+    assert results == []
+    assert KEY not in out.stdout + out.stderr
 
 
 # -------------------------------------------------------------------------------------------- local HF judge
@@ -439,7 +695,8 @@ def test_custom_backend_errors_are_counted(tmp_path):
                 raise RuntimeError("judge crashed")
             return "7 8\nok"
 
-    cfg = JudgeConfig(cache_dir=str(tmp_path / "cache"), show_progress=False)
+    # 2 of 4 verdicts fail: exactly the tolerated share (the limit is "more than"), so the run goes on.
+    cfg = JudgeConfig(cache_dir=str(tmp_path / "cache"), show_progress=False, max_failed_fraction=0.5)
     report = judge_pairwise(*items(2), cfg, backend=Backend())
     assert (report.n_parsed, report.n_failed, report.failures) == (2, 2, {"RuntimeError": 2})
     # Item 0: reference first gives ref 7 / cand 8, candidate first gives cand 7 / ref 8.

@@ -4,31 +4,21 @@ LCS arithmetic done by hand; the real DollyEval and S-NI files are used, not toy
 
 from __future__ import annotations
 
-import json
 import random
-from pathlib import Path
 
 import pytest
 from rouge_score import rouge_scorer
 
+from conftest import bundled_records
 from kdbench.evaluation.metrics import exact_match, exact_match_per_item, rouge_l, rouge_l_per_item
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 N_ROWS = 30
 
 
 def load_rows(name: str, n: int = N_ROWS) -> list[dict]:
-    path = DATA / name
-    assert path.is_file(), (f"missing real evaluation data {path}: the metric tests need the MiniLLM files in "
-                            f"../shared/data (see ../shared/data/PROVENANCE.md); they are not optional")
-    rows = []
-    with path.open(encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
-                rows.append(json.loads(line))
-            if len(rows) == n:
-                break
-    assert len(rows) == n, f"{path}: only {len(rows)} rows"
+    """The first `n` rows of the MiniLLM file bundled with kdbench (kdbench/assets/evalsets)."""
+    rows = bundled_records(name, n)
+    assert len(rows) == n, f"{name}: only {len(rows)} rows"
     return rows
 
 
@@ -52,7 +42,7 @@ def shuffled(items: list[str], seed: int = 0) -> list[str]:
             return out
 
 
-@pytest.mark.parametrize("name", ["dollyeval_minillm_500.jsonl", "sni_minillm_1694.jsonl"])
+@pytest.mark.parametrize("name", ["dollyeval_minillm_500", "sni_minillm_1694"])
 def test_rouge_l_matches_rouge_score_on_real_data(name):
     rows = load_rows(name)
     refs = [r["output"] for r in rows]
@@ -72,7 +62,7 @@ def test_rouge_l_matches_rouge_score_on_real_data(name):
 
 
 def test_rouge_l_with_all_references_of_sni():
-    rows = load_rows("sni_minillm_1694.jsonl")
+    rows = load_rows("sni_minillm_1694")
     multi = [r["outputs"] for r in rows]
     assert all(isinstance(m, list) and m for m in multi)
     preds = shuffled([r["output"] for r in rows], seed=1)
@@ -174,7 +164,7 @@ def test_bit_parallel_lcs_equals_the_dynamic_programme_on_random_sequences():
 
 def test_rouge_l_equals_rouge_score_exactly_on_every_dollyeval_pair_shape():
     """Long against short, empty, punctuation only, repeated words: the same float as rouge_score, not approximately."""
-    rows = load_rows("dollyeval_minillm_500.jsonl", 60)
+    rows = load_rows("dollyeval_minillm_500", 60)
     refs = [r["output"] for r in rows]
     preds = [refs[(i + 7) % 60][: (i * 37) % 400] for i in range(60)] + ["", "!!!", "the the the the", refs[3] * 3]
     refs = refs + refs[:4]

@@ -8,7 +8,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from kdbench.data.template import left_truncate, render_prompt
+from kdbench.data.template import render_prompt, tokenize_truncated
 
 IGNORE = -100
 
@@ -21,10 +21,9 @@ def prompt_of(row: dict) -> str:
 def encode_row(row: dict, tokenizer, max_prompt_length: int, max_response_length: int) -> dict:
     """Prompt ids (left-truncated: the end of a prompt, "### Response:", is what the model must see) followed by
     the response ids and EOS; labels are IGNORE on the prompt."""
-    prompt_ids = tokenizer(prompt_of(row), add_special_tokens=False)["input_ids"]
-    truncated = len(prompt_ids) > max_prompt_length
-    prompt_ids = left_truncate(prompt_ids, max_prompt_length)
-    response_ids = tokenizer(row["output"], add_special_tokens=False)["input_ids"][:max_response_length]
+    # tokenize_truncated cuts a huge field before the tokenizer sees it, never changing the ids kept.
+    prompt_ids, truncated = tokenize_truncated(tokenizer, prompt_of(row), max_prompt_length, keep_end=True)
+    response_ids, _ = tokenize_truncated(tokenizer, row["output"], max_response_length, keep_end=False)
     response_ids = response_ids + [tokenizer.eos_token_id]
     return {"prompt_ids": prompt_ids, "response_ids": response_ids, "truncated": truncated}
 

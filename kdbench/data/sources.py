@@ -3,6 +3,7 @@ dataset. Bad input fails naming the file and line (JSONL) or the dataset and row
 
 from __future__ import annotations
 
+import codecs
 import json
 from functools import lru_cache
 from pathlib import Path
@@ -28,6 +29,9 @@ def _normalize(raw: dict, columns: dict, where: str) -> dict:
     def get(field: str, required: bool):
         col = columns.get(field, field)
         value = raw.get(col)
+        if value is None and required and col in raw:  # present but null: saying "no field" would mislead
+            raise DataError(f"{where}: the row's {col!r} field is null (needed as {field!r}); give it a value "
+                            f"or drop the row")
         if value is None and required:
             raise DataError(f"{where}: the row has no {col!r} field (needed as {field!r}); it has "
                             f"{sorted(raw)}. Map columns with source.columns, e.g. {{{field}: <column>}}")
@@ -58,17 +62,53 @@ def iter_jsonl(path: str | Path):
 
 
 def _jsonl_lines(path: Path):
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
+    # Read as bytes and decode a line at a time: a text-mode file fails on a non-UTF-8 byte somewhere in an 8 KiB
+    # read, with no line to name. Splitting on b"\n" keeps a CRLF line's "\r", which JSON reads as whitespace.
+    with path.open("rb") as f:
+        for lineno, data in enumerate(f, start=1):
+            where = f"{path}:{lineno}"
+            if lineno == 1 and data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+                raise DataError(f"{where}: the file is UTF-16 (it starts with a UTF-16 byte-order mark); "
+                                f"save it as UTF-8")
+            try:
+                # A UTF-8 byte-order mark (Excel, Notepad) carries no data; `cat`-joined files have one mid-file.
+                line = data.decode("utf-8").removeprefix("\ufeff")
+            except UnicodeDecodeError as e:
+                raise DataError(f"{where}: not UTF-8 (byte {data[e.start]:#04x} at byte {e.start + 1} of the line; "
+                                f"a Latin-1 or Windows-1252 file?); save the file as UTF-8") from None
             if not line.strip():
                 continue
             try:
                 raw = json.loads(line)
             except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
+                raise DataError(f"{where}: not valid JSON ({_json_error(e, line)}){_not_jsonl_hint(line)}") from None
+            if isinstance(raw, list):
+                raise DataError(f"{where}: a JSON array, not a JSON object: this is not JSON Lines, which holds one "
+                                f"{{...}} object a line. A file holding one JSON array of rows converts with "
+                                f"`jq -c '.[]' in.json > out.jsonl`")
             if not isinstance(raw, dict):
-                raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(raw).__name__}")
-            yield raw, f"{path}:{lineno}"
+                raise DataError(f"{where}: expected a JSON object ({{...}}) a line, got {_JSON_KINDS[type(raw)]}")
+            yield raw, where
+
+
+_JSON_KINDS = {str: "a string", int: "a number", float: "a number", bool: "true/false", type(None): "null"}
+
+
+def _json_error(e: json.JSONDecodeError, line: str) -> str:
+    if e.msg == "Invalid control character at":  # json's wording expects its own " line 1 column n" after "at"
+        return (f"a raw control character U+{ord(line[e.pos]):04X} inside a string at column {e.colno}; "
+                f"write a tab as \\t and a line break as \\n")
+    return f"{e.msg} at column {e.colno}"
+
+
+def _not_jsonl_hint(line: str) -> str:
+    """Why a line is not JSON, where the file's shape says it: a pretty-printed document or a UTF-16 file."""
+    if line.strip() in ("[", "{"):
+        return ("; the file looks like one JSON document spread over several lines, not JSON Lines "
+                "(one {...} object a line)")
+    if "\x00" in line:
+        return "; the line holds NUL characters: is the file UTF-16? Save it as UTF-8"
+    return ""
 
 
 def read_jsonl(path: str | Path, columns: dict | None = None, limit: int | None = None) -> list[dict]:
@@ -93,12 +133,23 @@ def _hf_dataset(name: str, split: str, data_files: str | None):
                         f"JSONL copy (source.kind=jsonl).") from e
 
 
+def _hf_records(name: str, split: str, data_files: str | None, bundled: str | None):
+    """(object, where) for each row of a hub set, or of its bundled copy (kdbench.data.bundled) when the hub is off
+    or cannot be reached."""
+    from kdbench.data.bundled import bundled_instead, iter_bundled
+
+    copy = bundled_instead(name, data_files, split, bundled)
+    if copy is not None:
+        return iter_bundled(copy)
+    return ((dict(raw), f"{name}[{split}] row {i}") for i, raw in enumerate(_hf_dataset(name, split, data_files)))
+
+
 def read_hf(name: str, split: str, columns: dict | None = None, limit: int | None = None,
-            data_files: str | None = None) -> list[dict]:
-    ds = _hf_dataset(name, split, data_files)
+            data_files: str | None = None, bundled: str | None = None) -> list[dict]:
+    """Rows of a hub set; `bundled` names its copy bundled with kdbench, read instead when the hub is unavailable."""
     rows = []
-    for i, raw in enumerate(ds):
-        rows.append(_normalize(dict(raw), columns or {}, f"{name}[{split}] row {i}"))
+    for raw, where in _hf_records(name, split, data_files, bundled):
+        rows.append(_normalize(raw, columns or {}, where))
         if limit is not None and len(rows) >= limit:
             break
     return rows
@@ -125,13 +176,12 @@ def load_records(source) -> list[dict]:
     elif source.kind == "hf":
         if not source.path:
             raise DataError("source.path (a Hugging Face dataset id) is required for source.kind=hf")
-        ds = _hf_dataset(source.path, source.split, source.data_files)
         raws, wheres = [], []
-        for i, raw in enumerate(ds):
+        for raw, where in _hf_records(source.path, source.split, source.data_files, source.bundled):
             if n is not None and len(raws) >= n:
                 break
-            raws.append(dict(raw))
-            wheres.append(f"{source.path}[{source.split}] row {i}")
+            raws.append(raw)
+            wheres.append(where)
     else:
         raise DataError(f"source.kind={source.kind!r}: raw records come from jsonl or hf")
     if not raws:
@@ -179,5 +229,6 @@ def _read(source, embedded_cfg, n: int | None) -> list[dict]:
     if source.kind == "hf":
         if not source.path:
             raise DataError("source.path (a Hugging Face dataset id) is required for source.kind=hf")
-        return read_hf(source.path, source.split, dict(source.columns), n, getattr(source, "data_files", None))
+        return read_hf(source.path, source.split, dict(source.columns), n, getattr(source, "data_files", None),
+                       getattr(source, "bundled", None))
     raise DataError(f"source.kind={source.kind!r}: use embedded, jsonl or hf")

@@ -13,7 +13,9 @@ rerun asks nothing twice. The API key is read from the environment at request ti
 the config, the backend, the report, the logs, error messages or the cache.
 
 With no judge configured (or the key's environment variable unset) `judge_pairwise` returns a report marked
-skipped with the reason, never a score.
+skipped with the reason, never a score; a configured judge that is skipped says so as a warning. A score ratio
+over fewer verdicts than were asked (failed or unparsable ones left out) is marked partial, "n of N"; more failed
+verdicts than `max_failed_fraction` of them fail the run (JudgeFailedError, naming the endpoint's last error).
 """
 
 from __future__ import annotations
@@ -69,6 +71,8 @@ class JudgeConfig:
     temperature: sent to the endpoint (0 = deterministic, as MiniLLM); the local model always decodes greedily.
     backoff_base_s / backoff_max_s: exponential backoff base and cap; the cap also bounds a server's Retry-After.
     cache_dir: verdicts go to `<cache_dir>/judge/<key>.json`; None disables the cache.
+    max_failed_fraction: the share of verdicts (0-1) whose request may fail for good before the run fails instead
+    of reporting a ratio over the rest (1.0: never fail; 0: no failure allowed).
     """
 
     backend: str = "none"
@@ -84,6 +88,11 @@ class JudgeConfig:
     timeout_s: float = 120.0
     cache_dir: str | None = None
     show_progress: bool = True
+    max_failed_fraction: float = 0.1
+
+    def __post_init__(self):
+        # Checked here too (not only in kdbench.schema): judge_pairwise is also called with a hand-made config.
+        check_max_failed_fraction(self.max_failed_fraction)
 
     @classmethod
     def from_mapping(cls, mapping: Mapping[str, Any]) -> JudgeConfig:
@@ -93,6 +102,14 @@ class JudgeConfig:
         if unknown:
             raise ValueError(f"unknown judge settings: {unknown}")
         return cls(**data)
+
+
+def check_max_failed_fraction(value: Any) -> None:
+    """A share in [0, 1]; anything else is an error naming its config key (kdbench.schema checks the same)."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and 0.0 <= value <= 1.0
+    if not ok:
+        raise ValueError(f"eval.judge.max_failed_fraction={value!r}: must be a share between 0 and 1 "
+                         "(0: no failed verdict allowed, 1: never fail the run)")
 
 
 # --------------------------------------------------------------------------------------------------- prompt
@@ -174,11 +191,24 @@ class JudgeRequestError(Exception):
 
 
 class _Retryable(Exception):
-    def __init__(self, kind: str, status: int | None = None, retry_after: float | None = None):
+    """A failed attempt worth retrying; `detail` (already scrubbed of the key) says what the endpoint sent."""
+
+    def __init__(self, kind: str, status: int | None = None, retry_after: float | None = None, detail: str = ""):
         super().__init__(kind)
         self.kind = kind
         self.status = status
         self.retry_after = retry_after
+        self.detail = detail
+
+
+class JudgeFailedError(RuntimeError):
+    """More verdicts failed than `max_failed_fraction` allows: a ratio over the rest would misrepresent the run.
+    Its message names the endpoint and its last error (never the key); `report` holds what was collected (the
+    answered verdicts are in the cache, so a rerun asks only the failed ones)."""
+
+    def __init__(self, message: str, report: JudgeReport):
+        super().__init__(message)
+        self.report = report
 
 
 class JudgeBackend(Protocol):
@@ -233,9 +263,10 @@ def _scrub(text: str, secret: str | None) -> str:
 class OpenAIChatBackend:
     """`POST {base_url}/chat/completions` with the standard library.
 
-    Retries 408, 429, 5xx, timeouts and connection errors with exponential backoff (honouring Retry-After,
-    capped); any other 4xx fails the request at once. The key is read from `os.environ[api_key_env]` for each
-    attempt and lives only in that request's headers.
+    Retries 408, 429, 5xx, timeouts, connection errors and a 200 whose body is not a chat completion (a proxy's
+    HTML page, a truncated body) with exponential backoff (honouring Retry-After, capped); any other 4xx fails
+    the request at once. The key is read from `os.environ[api_key_env]` for each attempt and lives only in that
+    request's headers.
     """
 
     max_concurrency: int | None = None
@@ -271,8 +302,9 @@ class OpenAIChatBackend:
                 return self._post(body)
             except _Retryable as e:
                 if attempt == self.max_retries:
-                    raise JudgeRequestError(f"{e.kind} after {attempt + 1} attempt(s) to {self.url}", kind=e.kind,
-                                            status=e.status) from None
+                    detail = f": {e.detail}" if e.detail else ""
+                    raise JudgeRequestError(f"{e.kind} after {attempt + 1} attempt(s) to {self.url}{detail}",
+                                            kind=e.kind, status=e.status) from None
                 delay = backoff_delay(attempt, self.backoff_base_s, self.backoff_max_s, e.retry_after)
                 log.debug("judge request: %s; retry %d/%d in %.2f s", e.kind, attempt + 1, self.max_retries, delay)
                 self.sleep(delay)
@@ -301,9 +333,9 @@ class OpenAIChatBackend:
                 detail = ""
             finally:
                 e.close()
-            if status in RETRY_STATUSES or status >= 500:
-                raise _Retryable(f"HTTP {status}", status, retry_after) from None
             detail = _scrub(" ".join(detail.split())[:300], key)
+            if status in RETRY_STATUSES or status >= 500:
+                raise _Retryable(f"HTTP {status}", status, retry_after, detail) from None
             raise JudgeRequestError(f"HTTP {status} from {self.url}: {detail}", kind=f"HTTP {status}",
                                     status=status) from None
         except TimeoutError:
@@ -316,8 +348,9 @@ class OpenAIChatBackend:
             data = json.loads(raw)
             content = data["choices"][0]["message"]["content"]
         except (ValueError, KeyError, IndexError, TypeError):
+            # A 200 that is not a chat completion is most often transient (a gateway's error page, a cut body).
             snippet = _scrub(raw[:200].decode("utf-8", errors="replace"), key)
-            raise JudgeRequestError(f"unexpected response from {self.url}: {snippet!r}", kind="bad response") from None
+            raise _Retryable("bad response", detail=f"not a chat completion: {snippet!r}") from None
         return content if isinstance(content, str) else ""
 
 
@@ -402,8 +435,10 @@ def verdict_key(identity: str, messages: Messages, settings: Mapping[str, Any]) 
 
 
 class VerdictCache:
-    """One JSON file per verdict under `<cache_dir>/judge/`, written atomically (temp file + os.replace), so
-    concurrent runs at worst write the same content twice. Only answers are stored, never failures."""
+    """One JSON file per verdict under `<cache_dir>/judge/`, written atomically (temp file + os.replace) with a
+    checksum, so concurrent runs at worst write the same content twice. Only answers are stored, never failures.
+    A corrupt entry is moved aside with a warning and reads as a miss, so the judge is asked again
+    (kdbench.tracking.cache_entry; entries written before checksums are read when their fields are right)."""
 
     def __init__(self, cache_dir: str | Path):
         self.dir = Path(cache_dir) / "judge"
@@ -412,22 +447,31 @@ class VerdictCache:
         return self.dir / f"{key}.json"
 
     def get(self, key: str) -> str | None:
+        from kdbench.tracking.cache_entry import CorruptEntry, lock_for, read_entry, read_or_quarantine, require
+
+        path, fields = self.path(key), require(key=str, text=str)
+
+        def check(data: dict) -> str | None:
+            return fields(data) or (f"holds the verdict of key {data['key']}" if data["key"] != key else None)
+
         try:
-            data = json.loads(self.path(key).read_text(encoding="utf-8"))
-        except FileNotFoundError:
+            data = read_entry(path, check)
+        except CorruptEntry:
+            # Moved aside under the entry's lock, after reading it again: another run may have rewritten it.
+            with lock_for(path):
+                data = read_or_quarantine(path, check)
+        except OSError as e:  # unreadable but maybe sound (permissions): left in place, the judge is asked again
+            log.warning("judge cache entry %s unreadable (%s): asking again", path, e)
             return None
-        except (OSError, ValueError) as e:
-            log.warning("judge cache entry %s unreadable (%s): asking again", key, type(e).__name__)
-            return None
-        if not isinstance(data, dict) or data.get("key") != key or not isinstance(data.get("text"), str):
-            return None
-        return data["text"]
+        return None if data is None else data["text"]
 
     def put(self, key: str, identity: str, settings: Mapping[str, Any], messages: Messages, text: str) -> None:
         record = {"version": CACHE_VERSION, "key": key, "judge": identity, "settings": dict(settings),
                   "messages": messages, "text": text}
+        from kdbench.tracking.cache_entry import write_entry
+
         try:
-            atomic_write_json(self.path(key), record)
+            write_entry(self.path(key), record)
         except OSError as e:  # a full disk must not cost the run its verdicts
             log.warning("judge cache: could not write %s (%s)", key, e)
 
@@ -461,6 +505,8 @@ class JudgeReport:
     score_ratio = 100 * sum(candidate scores) / sum(reference scores) over the parsed verdicts (MiniLLM's
     figure); a verdict that fails or does not parse is left out of it and counted. n_requests counts verdicts
     asked (2 per item), whether answered from the cache or not; unparsable_rate is over the answered ones.
+    A ratio over fewer verdicts than were asked is `partial`, and `coverage` says over how many ("10 of 12
+    verdicts"); last_error is the last failed request's message (no key in it).
     """
 
     skipped: bool = False
@@ -476,6 +522,7 @@ class JudgeReport:
     score_ratio: float | None = None
     mean_candidate: float | None = None
     mean_reference: float | None = None
+    last_error: str | None = None
     verdicts: list[Verdict] = field(default_factory=list)
 
     @classmethod
@@ -486,6 +533,14 @@ class JudgeReport:
     def unparsable_rate(self) -> float | None:
         answered = self.n_requests - self.n_failed
         return self.n_unparsable / answered if answered > 0 else None
+
+    @property
+    def partial(self) -> bool:
+        return not self.skipped and self.n_parsed < self.n_requests
+
+    @property
+    def coverage(self) -> str | None:
+        return None if self.skipped else f"{self.n_parsed} of {self.n_requests} verdicts"
 
     def to_metrics(self, prefix: str = "judge") -> dict[str, float]:
         """Flat metrics (`judge/score_ratio`, `judge/unparsable_rate`, ...). Empty when skipped: a skipped judge
@@ -503,6 +558,7 @@ class JudgeReport:
             return {"skipped": True, "reason": self.reason}
         out = {k: v for k, v in asdict(self).items() if k != "verdicts"}
         out["unparsable_rate"] = self.unparsable_rate
+        out["partial"], out["coverage"] = self.partial, self.coverage
         if with_verdicts:
             out["verdicts"] = [asdict(v) for v in self.verdicts]
         return out
@@ -561,9 +617,11 @@ def judge_pairwise(questions: Sequence[str], references: Sequence[str], candidat
 
     `questions` are what the judge sees as the user question (see `judge_question`). `backend` overrides the
     one the config names (any object with `complete(messages) -> str`; `identity`, `settings`, `max_concurrency`
-    are optional, see JudgeBackend). Failed requests and unparsable verdicts are counted in the report, never
-    raised; a configured local judge that cannot be loaded does raise (a broken config should not pass as a
-    skipped judge).
+    are optional, see JudgeBackend). Failed requests and unparsable verdicts are counted in the report (a ratio
+    over fewer verdicts than asked is marked partial) up to `config.max_failed_fraction` of the verdicts: past
+    that, the requests not yet sent are cancelled and JudgeFailedError is raised, naming the endpoint's last
+    error (the answers received are cached first). A configured local judge that cannot be loaded raises too (a
+    broken config should not pass as a skipped judge).
     """
     if not (len(questions) == len(references) == len(candidates)):
         raise ValueError(f"questions, references and candidates differ in length: "
@@ -571,7 +629,9 @@ def judge_pairwise(questions: Sequence[str], references: Sequence[str], candidat
     if backend is None:
         reason = judge_skip_reason(config, hf_model)
         if reason:
-            log.info("LLM judge skipped: %s", reason)
+            # A judge the user configured but that cannot run is worth their attention; "none" is a choice.
+            configured = (config.backend or "none").lower() != "none"
+            log.log(logging.WARNING if configured else logging.INFO, "LLM judge skipped: %s", reason)
             return JudgeReport.skipped_because(reason)
         backend = make_backend(config, hf_model, hf_tokenizer, fingerprint)
     identity = getattr(backend, "identity", None)
@@ -600,6 +660,10 @@ def judge_pairwise(questions: Sequence[str], references: Sequence[str], candidat
     n_cached = sum(v.cached for v in verdicts)
     limit = getattr(backend, "max_concurrency", None) or max(1, int(config.concurrency))
     workers = max(1, min(int(config.concurrency), limit, len(pending) or 1))
+    # More failed verdicts than this fail the run: the ratio over the rest would not be the run's.
+    allowed_failures = int(config.max_failed_fraction * len(verdicts) + 1e-9)
+    n_failed, last_error, gave_up = 0, None, False
+    endpoint = getattr(backend, "url", None) or identity or type(backend).__name__
     with _progress(config.show_progress) as bar:
         task = bar.add_task("LLM judge", total=len(verdicts), completed=n_cached)
         if pending:
@@ -608,6 +672,11 @@ def judge_pairwise(questions: Sequence[str], references: Sequence[str], candidat
                 for future in as_completed(futures):
                     key = futures[future]
                     text, error, kind = None, None, None
+                    if future.cancelled():  # never sent: the run had already failed
+                        for idx in pending[key]:
+                            verdicts[idx].error_kind = "not asked"
+                            verdicts[idx].error = "not asked: too many verdicts had failed already"
+                        continue
                     try:
                         text = future.result()
                         text = text if isinstance(text, str) else ("" if text is None else str(text))
@@ -617,6 +686,11 @@ def judge_pairwise(questions: Sequence[str], references: Sequence[str], candidat
                         error, kind = _scrub(f"{type(e).__name__}: {e}", secret), type(e).__name__
                     if error is not None:
                         log.warning("LLM judge request failed: %s", error)
+                        n_failed, last_error = n_failed + len(pending[key]), error
+                        if n_failed > allowed_failures and not gave_up:
+                            gave_up = True  # requests already running finish (and are cached); the rest wait
+                            for other in futures:
+                                other.cancel()
                     elif cache is not None:
                         cache.put(key, identity, settings, messages_of[key], text)
                     for idx in pending[key]:
@@ -627,9 +701,19 @@ def judge_pairwise(questions: Sequence[str], references: Sequence[str], candidat
                     bar.advance(task, len(pending[key]))
 
     report = _summarize(verdicts, len(questions), n_cached, identity or type(backend).__name__)
-    log.info("LLM judge (%s): score ratio %s over %d parsed verdicts; %d unparsable, %d failed, %d cached of %d",
-             report.judge, "n/a" if report.score_ratio is None else f"{report.score_ratio:.2f}", report.n_parsed,
-             report.n_unparsable, report.n_failed, report.n_cached, report.n_requests)
+    report.last_error = last_error
+    if n_failed > allowed_failures:
+        not_asked = report.failures.get("not asked", 0)
+        raise JudgeFailedError(
+            f"LLM judge at {endpoint}: {n_failed} of {report.n_requests} verdicts failed, more than "
+            f"eval.judge.max_failed_fraction={config.max_failed_fraction} allows ({allowed_failures})"
+            + (f"; {not_asked} more were not asked" if not_asked else "")
+            + f". Last error: {last_error}", report)
+    # A partial ratio is said on the console as well as in the report: it is not a ratio over every item.
+    log.log(logging.WARNING if report.partial else logging.INFO,
+            "LLM judge (%s): score ratio %s over %s%s; %d unparsable, %d failed, %d cached",
+            report.judge, "n/a" if report.score_ratio is None else f"{report.score_ratio:.2f}", report.coverage,
+            " (partial)" if report.partial else "", report.n_unparsable, report.n_failed, report.n_cached)
     return report
 
 

@@ -95,8 +95,9 @@ def run_suite(student: Model, teacher: Model | None, eval_cfg, embedded_cfg, *, 
     elif eval_cfg.teacher:
         skipped["teacher"] = "no teacher loaded: the reference row is left out"
 
-    gen_sets = {n: s for n, s in eval_cfg.sets.items() if s.kind == "generation"}
-    cls_sets = {n: s for n, s in eval_cfg.sets.items() if s.kind == "classification"}
+    reachable = {n: s for n, s in eval_cfg.sets.items() if not _unreachable(n, s, skipped)}
+    gen_sets = {n: s for n, s in reachable.items() if s.kind == "generation"}
+    cls_sets = {n: s for n, s in reachable.items() if s.kind == "classification"}
     with clock("load_data"):
         rows = {n: _named(n, load_set_rows, s, eval_cfg, embedded_cfg) for n, s in gen_sets.items()}
         items = {n: _named(n, load_items, n, s, eval_cfg, embedded_cfg) for n, s in cls_sets.items()}
@@ -105,6 +106,8 @@ def run_suite(student: Model, teacher: Model | None, eval_cfg, embedded_cfg, *, 
     if judge_reason and any(s.judge for s in gen_sets.values()):
         skipped["judge"] = judge_reason
         res.details["judge"] = {"skipped": True, "reason": judge_reason}
+        if (judge_cfg.backend or "none").lower() != "none":  # configured, yet it cannot run (an unset key)
+            log.warning("LLM judge skipped: %s", judge_reason)
 
     buckets: dict[str, dict[str, dict]] = {}
     reliability: dict[str, dict[str, dict]] = {}
@@ -147,6 +150,24 @@ def run_suite(student: Model, teacher: Model | None, eval_cfg, embedded_cfg, *, 
     return res
 
 
+def _unreachable(name: str, s, skipped: dict) -> bool:
+    """A hub set with no bundled copy and no local path, while the hub is off or cannot be reached: skipped with
+    the reason (in details["skipped"] and on the console) instead of failing the whole evaluation offline."""
+    from kdbench.data.bundled import hub_unavailable
+    from kdbench.data.sources import is_local_file
+
+    src = s.source
+    if src.kind != "hf" or src.bundled or is_local_file(src):
+        return False
+    reason = hub_unavailable()
+    if reason is None:
+        return False
+    skipped[name] = (f"not evaluated: {reason} and kdbench bundles no copy of {src.path!r}; give one with "
+                     f"eval.sets.{name}.source.path=<file.jsonl>")
+    log.warning("eval set %s %s", name, skipped[name])
+    return True
+
+
 def _named(name: str, load, *args):
     """Load a set's data; a data error names the set's config key (the source's own message names the file)."""
     from kdbench.data.sources import DataError
@@ -169,7 +190,8 @@ def _judge_config(eval_cfg):
 
 def _judge(name: str, rows: list[dict], texts: list[str], judge_cfg, details: dict, role: str) -> dict:
     """MiniLLM's score ratio of `role`'s generations against the gold responses (the key, read from the
-    environment variable the config names, goes into request headers only)."""
+    environment variable the config names, goes into request headers only). More failed verdicts than
+    eval.judge.max_failed_fraction raise JudgeFailedError: the run fails rather than report a ratio over the rest."""
     from kdbench.evaluation.judge import judge_pairwise, judge_question
 
     report = judge_pairwise([judge_question(r["instruction"], r["input"]) for r in rows],

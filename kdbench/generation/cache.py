@@ -1,6 +1,7 @@
 """A content-keyed cache of generations (teacher outputs): the key is a hash of the model's fingerprint, the
 prompts and every generation setting, so a hit is exactly what generating again would give. Entries are written
-atomically and computed under a file lock, so two sweep workers never compute or write the same entry twice."""
+atomically with a checksum and computed under a file lock, so two sweep workers never compute or write the same
+entry twice; a corrupt entry is moved aside under that lock and computed again (kdbench.tracking.cache_entry)."""
 
 from __future__ import annotations
 
@@ -10,10 +11,8 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
-from filelock import FileLock
-
 from kdbench.generation.engine import GenerationResult
-from kdbench.tracking.atomic import atomic_write_json
+from kdbench.tracking.cache_entry import lock_for, read_or_quarantine, require, write_entry
 
 log = logging.getLogger(__name__)
 
@@ -32,14 +31,28 @@ def cached_generate(cache_dir: str | Path, model_fingerprint: str, prompts: list
     key = generation_key(model_fingerprint, prompts, settings)
     path = Path(cache_dir) / "generations" / f"{key}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(path) + ".lock"):
-        if path.is_file():
-            data = json.loads(path.read_text())
+    with lock_for(path):
+        data = read_or_quarantine(path, _entry_check(len(prompts)))
+        if data is not None:
             return GenerationResult(texts=data["texts"], n_truncated=data["n_truncated"],
                                     new_tokens=data["new_tokens"], seconds=0.0), True
         result = compute()
-        atomic_write_json(path, {"key": key, "model": model_fingerprint, "settings": settings,
-                                 "n_prompts": len(prompts), "texts": result.texts,
-                                 "n_truncated": result.n_truncated, "new_tokens": result.new_tokens,
-                                 "seconds": result.seconds})
+        write_entry(path, {"key": key, "model": model_fingerprint, "settings": settings,
+                           "n_prompts": len(prompts), "texts": result.texts,
+                           "n_truncated": result.n_truncated, "new_tokens": result.new_tokens,
+                           "seconds": result.seconds})
         return result, False
+
+
+def _entry_check(n_prompts: int):
+    """The fields a hit returns, with one text per prompt (the length check for entries without a checksum)."""
+    fields = require(texts=list, n_truncated=int, new_tokens=int)
+
+    def check(data: dict) -> str | None:
+        why = fields(data)
+        if why is None and len(data["texts"]) != n_prompts:
+            why = f"{len(data['texts'])} texts for {n_prompts} prompts"
+        if why is None and not all(isinstance(t, str) for t in data["texts"]):
+            why = "a text that is not a string"
+        return why
+    return check

@@ -75,7 +75,7 @@ def make_trainer(trainer_cfg, max_steps: int, logger=None, default_root_dir: str
     t = trainer_cfg
     show = t.progress if progress is None else progress
     callbacks = list(callbacks or [])
-    if resume_path is not None and t.resume_every_minutes is not None:
+    if resume_path is not None:  # also with resume_every_minutes=None: a SIGTERM or SIGINT still saves
         callbacks.append(ResumeCheckpoint(resume_path, t.resume_every_minutes, resume_config))
     return L.Trainer(
         accelerator=t.accelerator, devices=1, precision=t.precision, max_steps=max_steps,

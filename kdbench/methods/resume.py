@@ -23,6 +23,7 @@ from pathlib import Path
 import lightning as L
 import torch
 
+from kdbench.methods import interrupt
 from kdbench.tracking.atomic import atomic_write_by
 
 log = logging.getLogger(__name__)
@@ -95,11 +96,13 @@ def _validates_now(trainer) -> bool:
 
 
 class ResumeCheckpoint(L.Callback):
-    """Save the training state to `path` every `every_minutes` of training (0: after every step; tests)."""
+    """Save the training state to `path` every `every_minutes` of training (0: after every step; tests; None:
+    only when a SIGTERM or SIGINT stops the training, kdbench.methods.interrupt)."""
 
-    def __init__(self, path: str | Path, every_minutes: float, config: dict | None = None):
+    def __init__(self, path: str | Path, every_minutes: float | None, config: dict | None = None):
         # config: recorded in the file, so that a later start can tell whether it may continue from it.
-        self.path, self.every_s, self.config = Path(path), every_minutes * 60.0, config
+        self.path, self.config = Path(path), config
+        self.every_s = float("inf") if every_minutes is None else every_minutes * 60.0
         self._last = None
         self._rng_to_restore = None
         self._after_validation = False
@@ -110,11 +113,22 @@ class ResumeCheckpoint(L.Callback):
         if self._rng_to_restore is not None:
             set_rng_states(self._rng_to_restore)
             self._rng_to_restore = None
+        interrupt.take_over_in_training()
+
+    def on_train_end(self, trainer, pl_module):
+        interrupt.training_ended()
+
+    def on_exception(self, trainer, pl_module, exception):
+        interrupt.training_ended()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        stop = interrupt.pending_signal() is not None
         if trainer.global_step >= trainer.max_steps:
+            if stop:  # the last step: nothing is saved here (the caller deletes the file once results exist)
+                raise interrupt.RunInterrupted(interrupt.pending_signal(), int(trainer.global_step),
+                                               int(trainer.max_steps))
             return  # finished: the caller writes the result and then deletes the file
-        if time.monotonic() - self._last < self.every_s:
+        if not stop and time.monotonic() - self._last < self.every_s:
             return
         if _validates_now(trainer):
             # Saved after this step's validation instead: a checkpoint from before it would resume past it, and
@@ -129,8 +143,11 @@ class ResumeCheckpoint(L.Callback):
             self._save_now(trainer)
 
     def _save_now(self, trainer) -> None:
+        signum = interrupt.pending_signal()
         self.save(trainer)
         self._last = time.monotonic()
+        if signum is not None:
+            raise interrupt.RunInterrupted(signum, int(trainer.global_step), int(trainer.max_steps), str(self.path))
 
     def save(self, trainer) -> None:
         atomic_write_by(self.path, lambda tmp: trainer.save_checkpoint(str(tmp)))

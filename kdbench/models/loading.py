@@ -174,9 +174,9 @@ def resolve_model_path(path: str) -> tuple[str, dict | None]:
     results.json names the saved student), a folder saved with save_pretrained, or a hub id (returned as is)."""
     local = Path(path).expanduser()
     if local.is_dir() and (local / "results.json").is_file() and not (local / "config.json").is_file():
-        record = json.loads((local / "results.json").read_text())
+        record = _run_record(local / "results.json")
         # The folder the run recorded, else `student/` beside results.json (a run folder that was moved).
-        candidates = [Path(p) for p in ((record.get("artifacts") or {}).get("student_dir"),) if p]
+        candidates = [Path(p) for p in (((record or {}).get("artifacts") or {}).get("student_dir"),) if p]
         candidates.append(local / "student")
         for folder in candidates:
             if (folder / "config.json").is_file():
@@ -185,3 +185,16 @@ def resolve_model_path(path: str) -> tuple[str, dict | None]:
                                 f"config.json in {', '.join(map(str, candidates))}): it ran with "
                                 "trainer.save_student=false or an older kdbench; rerun it with force=true")
     return path, None
+
+
+def _run_record(path: Path) -> dict | None:
+    """A run folder's results.json, or None with a warning naming it when it is damaged. It is the run's own record,
+    not a cache entry: left where it is (nothing can recompute it), and the saved student is looked for beside it."""
+    from kdbench.tracking.cache_entry import CorruptEntry, read_entry
+
+    try:
+        return read_entry(path)
+    except CorruptEntry as e:
+        log.warning("%s is damaged (%s): evaluating the student saved beside it without the run's record", path,
+                    e.why)
+        return None

@@ -32,7 +32,9 @@ def _scratch_tokenizer(model_cfg, cfg, cache_dir, fallback=None):
         return embedded_tokenizer(cfg.data.embedded, cache_dir)
     if fallback is not None:
         return fallback
-    raise ValueError("student.tokenizer: a scratch model on non-embedded data needs a tokenizer "
+    from kdbench.schema import ConfigError
+
+    raise ConfigError("student.tokenizer: a scratch model on non-embedded data needs a tokenizer "
                      "(set student.tokenizer, or use a pretrained teacher whose tokenizer it then shares)")
 
 

@@ -60,6 +60,10 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.format == "csv":
         text = render_csv(table)
+        # The CSV keeps its columns; its caveats (skipped judge, partial ratios) go to stderr instead.
+        for note in [*table.notes, *(f"{row.method} {row.student} {key}: {note}" for row in table.rows
+                                     for key, note in row.notes.items())]:
+            print(f"kdbench-report: note: {note}", file=sys.stderr)
     else:
         text = render_markdown(table, precision=args.precision, show_delta=args.delta)
 

@@ -35,12 +35,17 @@ class Row:
     # fixes the student's init and data order for every method). Only with at least 3 shared seeds; metric keys
     # without a verdict are absent.
     clear_vs_sft: dict[str, bool] = field(default_factory=dict)
+    # metric key -> a caveat shown beside the cell, e.g. a judge ratio over part of its verdicts ("partial: 10 of
+    # 12 verdicts"): it reads like a full one otherwise.
+    notes: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
 class Table:
     columns: list[str]
     rows: list[Row]
+    # Lines shown under the table: components the runs skipped, with why (they have no column to say it in).
+    notes: list[str] = field(default_factory=list)
 
     def row(self, method: str, student: str) -> Row | None:
         """The row for (method, student), or None."""
@@ -182,4 +187,43 @@ def build_table(results: list[dict], metrics: list[str] | None = None) -> Table:
         row.clear_vs_sft = paired_verdicts(groups[(row.method, row.student)], groups[(BASELINE_METHOD, row.student)],
                                            list(row.delta_vs_sft))
 
-    return Table(columns=columns, rows=rows + student_rows)
+    for row in rows + student_rows:
+        per_seed = (teachers if row.method == TEACHER_METHOD else groups).get(
+            row.student if row.method == TEACHER_METHOD else (row.method, row.student), {})
+        row.notes = judge_coverage_notes(per_seed, row.cells)
+    return Table(columns=columns, rows=rows + student_rows, notes=judge_skip_notes(results))
+
+
+JUDGE_RATIO = "/judge/score_ratio"
+
+
+def judge_coverage_notes(per_seed: dict[object, dict[str, float]], cells: dict[str, Cell]) -> dict[str, str]:
+    """`<set>/judge/score_ratio` cells computed from fewer verdicts than were asked (failed or unparsable ones
+    left out): "partial: n of N verdicts", summed over the seeds that reported the ratio."""
+    notes = {}
+    for key in cells:
+        if not key.endswith(JUDGE_RATIO):
+            continue
+        prefix = key[:-len("score_ratio")]
+        runs = [m for m in per_seed.values() if key in m and f"{prefix}n_requests" in m]
+        parsed = sum(m.get(f"{prefix}n_parsed", 0.0) for m in runs)
+        asked = sum(m[f"{prefix}n_requests"] for m in runs)
+        if parsed < asked:
+            notes[key] = f"partial: {parsed:g} of {asked:g} verdicts"
+    return notes
+
+
+def judge_skip_notes(results: list[dict]) -> list[str]:
+    """One line per distinct reason an LLM judge was skipped (results.json's eval.judge), with the runs."""
+    runs_by_reason: dict[str, list[str]] = {}
+    for r in results:
+        judge = (r.get("eval") or {}).get("judge") if isinstance(r.get("eval"), dict) else None
+        if isinstance(judge, dict) and judge.get("skipped"):
+            labels = r.get("labels") if isinstance(r.get("labels"), dict) else {}
+            run = " ".join(f"{k}={labels[k]}" for k in ("method", "student", "seed") if k in labels)
+            runs_by_reason.setdefault(str(judge.get("reason") or "no reason recorded"), []).append(
+                run or str(r.get("_path", "<result>")))
+    # A sweep may skip it in every cell: name a few runs, count the rest.
+    return [f"LLM judge skipped: {reason} ({len(runs)} run(s): {'; '.join(runs[:5])}"
+            + (f"; and {len(runs) - 5} more" if len(runs) > 5 else "") + ")"
+            for reason, runs in runs_by_reason.items()]

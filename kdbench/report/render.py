@@ -28,6 +28,8 @@ def _format_cell(row: Row, key: str, precision: int, show_delta: bool) -> str:
     if show_delta and key in row.delta_vs_sft:
         mark = "*" if row.clear_vs_sft.get(key) else ""
         text += f" ({row.delta_vs_sft[key]:+.{precision}f}{mark})"
+    if key in row.notes:
+        text += f" [{row.notes[key]}]"
     return text
 
 
@@ -46,6 +48,8 @@ def render_markdown(table: Table, precision: int = 1, show_delta: bool = False) 
         lines += ["", "(±: std over seeds; (+d): mean change vs the same student's sft; *: a paired t-test over the "
                   "seeds puts the change away from 0 at 5%, two-sided, >= 3 seeds, one test per cell, uncorrected for "
                   "the many cells)"]
+    if table.notes:
+        lines += ["", *table.notes]
     return "\n".join(lines) + "\n"
 
 

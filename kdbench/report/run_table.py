@@ -7,11 +7,12 @@ from kdbench.report.render import render_markdown
 
 
 def headline_metrics(record: dict) -> list[str]:
-    """Each evaluation set's overall ROUGE-L and exact match (not the per-category breakdown)."""
+    """Each evaluation set's overall ROUGE-L and exact match (not the per-category breakdown), and its LLM judge
+    score ratio where a judge ran (MiniLLM's headline figure)."""
     keys = []
     for key in record.get("metrics", {}):
         parts = key.split("/")
-        if len(parts) == 2 and parts[1] in ("rouge_l", "exact_match"):
+        if (len(parts) == 2 and parts[1] in ("rouge_l", "exact_match")) or parts[1:] == ["judge", "score_ratio"]:
             keys.append(key)
     return keys
 

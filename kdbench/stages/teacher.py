@@ -4,6 +4,8 @@ The trained teacher is cached under a key derived from everything that determine
 tokenizer, fine-tuning config, seed). Every later run and every sweep cell with the same key loads it; two
 workers that need it at once wait on a file lock instead of training it twice. The package ships the default
 teacher as an asset under the same key, produced by this same stage (its RECIPE.md says how).
+A cached teacher is verified before it is used (its manifest, see kdbench.tracking.cache_entry); a damaged one is
+moved aside under the lock and trained again.
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ import time
 from pathlib import Path
 
 import torch
-from filelock import FileLock
 from omegaconf import OmegaConf
 from transformers import AutoModelForCausalLM
 
@@ -24,9 +25,12 @@ from kdbench.paths import ASSETS_DIR
 from kdbench.schema import MethodConfig
 from kdbench.stages.keys import content_key
 from kdbench.tracking.atomic import atomic_publish_dir, atomic_write_json
+from kdbench.tracking.cache_entry import folder_or_quarantine, folder_problem, lock_for, verified_folder, \
+    write_manifest
 
 log = logging.getLogger(__name__)
 TEACHER_STAGE_VERSION = 1
+TEACHER_FILES = ("config.json", "model.safetensors")
 
 
 def teacher_key(teacher_cfg, data_cfg, tokenizer_key: str) -> str:
@@ -48,8 +52,9 @@ def train_rows_digest(data_cfg) -> str:
 
 
 def find_teacher(key: str, cache_dir: str | Path) -> Path | None:
+    """The cached teacher's folder, else the shipped one: the first that verifies (nothing is moved here)."""
     for folder in (Path(cache_dir) / "teachers" / key, ASSETS_DIR / "teachers" / key):
-        if (folder / "model.safetensors").is_file():
+        if verified_folder(folder, TEACHER_FILES):
             return folder
     return None
 
@@ -63,21 +68,29 @@ def load_teacher_folder(folder: Path, key: str, dtype: str = "float32"):
 def teacher_stage(cfg, tokenizer, cache_dir: str | Path, show_progress: bool = True):
     """The fine-tuned teacher for cfg.teacher (source=scratch), trained only if no cache or asset has it."""
     key = teacher_key(cfg.teacher, cfg.data, tokenizer.kdbench_key)
+    target = Path(cache_dir) / "teachers" / key
     found = find_teacher(key, cache_dir)
-    if found is not None:
+    # A cached folder that is there but does not verify is quarantined below, under the lock, not skipped.
+    if found is not None and (found == target or not target.exists()):
         log.info("teacher %s: reusing the fine-tuned teacher %s from %s", cfg.teacher.name, key, found)
         return load_teacher_folder(found, key, cfg.teacher.dtype), key
-    target = Path(cache_dir) / "teachers" / key
     target.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(target) + ".lock"):
-        found = find_teacher(key, cache_dir)  # another worker may have finished it while we waited
-        if found is None:
+    with lock_for(target):
+        shipped = ASSETS_DIR / "teachers" / key
+        if folder_or_quarantine(target, TEACHER_FILES):  # another worker may have finished it while we waited
+            log.info("teacher %s: trained meanwhile by another worker; reusing %s", cfg.teacher.name, key)
+            found = target
+        elif verified_folder(shipped, TEACHER_FILES):
+            log.info("teacher %s: reusing the shipped fine-tuned teacher %s from %s", cfg.teacher.name, key, shipped)
+            found = shipped
+        else:
+            if shipped.exists():  # package data: reported, never moved
+                log.warning("teacher %s: the shipped teacher %s is damaged (%s); reinstall kdbench. Training it "
+                            "into the cache instead", cfg.teacher.name, shipped, folder_problem(shipped, TEACHER_FILES))
             log.info("teacher %s: no fine-tuned teacher %s in the cache; training it (teacher stage)",
                      cfg.teacher.name, key)
             _train(cfg, tokenizer, key, target, show_progress)
             found = target
-        else:
-            log.info("teacher %s: trained meanwhile by another worker; reusing %s", cfg.teacher.name, key)
     return load_teacher_folder(found, key, cfg.teacher.dtype), key
 
 
@@ -114,6 +127,7 @@ def _train(cfg, tokenizer, key: str, target: Path, show_progress: bool) -> None:
         "train_seconds": round(time.perf_counter() - t0, 1), "final_validation": val,
         "reproduce": "kdbench-teacher " + " ".join(_overrides()),
     })
+    write_manifest(tmp)  # last: it covers every file above
     atomic_publish_dir(tmp, target)
     resume_path.unlink(missing_ok=True)
     log.info("teacher %s: trained in %.0f s, saved as %s", cfg.teacher.name, time.perf_counter() - t0, target)

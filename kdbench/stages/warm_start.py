@@ -7,7 +7,8 @@ budget (trainer.max_steps is the total), so every method still takes the same nu
 
 Cached under a key derived from everything that determines it (the student, the tokenizer, the train rows, the
 steps, the optimizer, batch size and seed); every method and sweep cell with that key shares it, and two workers
-wait on a file lock rather than train it twice.
+wait on a file lock rather than train it twice. A cached warm start is verified before it is used (its manifest,
+see kdbench.tracking.cache_entry); a damaged one is moved aside under the lock and trained again.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import time
 from pathlib import Path
 
 import torch
-from filelock import FileLock
 from omegaconf import OmegaConf
 from transformers import AutoModelForCausalLM
 
@@ -27,9 +27,11 @@ from kdbench.schema import MethodConfig
 from kdbench.stages.keys import content_key
 from kdbench.stages.teacher import train_rows_digest
 from kdbench.tracking.atomic import atomic_publish_dir, atomic_write_json
+from kdbench.tracking.cache_entry import folder_or_quarantine, lock_for, write_manifest
 
 log = logging.getLogger(__name__)
 WARM_START_STAGE_VERSION = 1
+WARM_START_FILES = ("config.json", "model.safetensors")
 
 
 def warm_start_steps(trainer_cfg) -> int:
@@ -56,8 +58,8 @@ def warm_started(cfg, student, cache_dir: str | Path, show_progress: bool = True
     target = Path(cache_dir) / "warm_starts" / key
     target.parent.mkdir(parents=True, exist_ok=True)
     record = {"key": key, "steps": steps, "cached": True, "seconds": 0.0}
-    with FileLock(str(target) + ".lock"):
-        if (target / "model.safetensors").is_file():
+    with lock_for(target):
+        if folder_or_quarantine(target, WARM_START_FILES):
             log.info("student %s: reusing the sft warm start %s (%d steps) from %s", student.name, key, steps, target)
         else:
             log.info("student %s: no sft warm start %s in the cache; training it (%d steps)", student.name, key,
@@ -95,6 +97,7 @@ def _train(cfg, student, key: str, steps: int, target: Path, show_progress: bool
         "train_seconds": round(seconds, 1),
         "final_validation": {k: float(v) for k, v in trainer.callback_metrics.items()},
     })
+    write_manifest(tmp)  # last: it covers every file above
     atomic_publish_dir(tmp, target)
     resume_path.unlink(missing_ok=True)
     log.info("student %s: sft warm start trained in %.0f s, saved as %s", student.name, seconds, target)

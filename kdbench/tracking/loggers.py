@@ -10,7 +10,29 @@ import os
 from pathlib import Path
 
 
-def make_logger(logger_cfg, run_dir: Path, run_name: str, group: str, config: dict, tags: list[str] = ()):
+WANDB_ID_FILE = "wandb_id.txt"
+
+
+def run_wandb_id(run_dir: Path, resuming: bool) -> str:
+    """The W&B run id of a run folder: the one its interrupted attempt used when the run continues from a resume
+    checkpoint (so it continues the same W&B run: `wandb sync` uploads the attempts' offline folders, which share
+    the id, into one run in order of start), else a new one."""
+    from kdbench.tracking.atomic import atomic_write_text
+
+    path = Path(run_dir) / WANDB_ID_FILE
+    if resuming and path.is_file():
+        run_id = path.read_text().strip()
+        if run_id.isalnum():
+            return run_id
+    import secrets
+
+    run_id = secrets.token_hex(4)
+    atomic_write_text(path, run_id + "\n")
+    return run_id
+
+
+def make_logger(logger_cfg, run_dir: Path, run_name: str, group: str, config: dict, tags: list[str] = (),
+                run_id: str | None = None):
     if logger_cfg.kind == "none" or logger_cfg.mode == "disabled":
         return None
     from lightning.pytorch.loggers import WandbLogger
@@ -23,7 +45,7 @@ def make_logger(logger_cfg, run_dir: Path, run_name: str, group: str, config: di
     logger = WandbLogger(
         project=logger_cfg.project, entity=logger_cfg.entity, name=run_name, group=logger_cfg.group or group,
         tags=list(dict.fromkeys([*logger_cfg.tags, *tags])), save_dir=str(run_dir), offline=(mode == "offline"),
-        config=config,
+        config=config, **({"id": run_id, "resume": "allow"} if run_id else {}),
     )
     # Lightning always passes anonymous=None to wandb.init, and wandb >= 0.19 warns that the `anonymous`
     # setting is deprecated whenever the argument is present at all; leaving it out means the same thing.
@@ -57,13 +79,13 @@ def log_images(logger, images: dict[str, str]) -> None:
         logger.log_image(key=f"plots/{name}", images=[str(path)])
 
 
-def finish(logger) -> None:
+def finish(logger, failed: bool = False) -> None:
     if logger is None:
         return
     import wandb
 
     if wandb.run is not None:
-        wandb.finish()
+        wandb.finish(exit_code=1 if failed else 0)
     # finish() can return before the offline writer has flushed the .wandb file; teardown waits for it, so a
     # reader in this process (or the next cell in this sweep worker) sees the whole run.
     wandb.teardown()
