@@ -266,6 +266,27 @@ def test_the_tokenizer_never_sees_a_whole_huge_field(tok):
     assert item["response_ids"] == full_response[:128] + [tok.eos_token_id]
 
 
+def test_generation_prompts_are_cut_before_the_tokenizer_too(tok):
+    # The generation engine (teacher answers for seqkd, evaluation) encodes prompts in one batched call; a huge
+    # prompt goes through tokenize_truncated instead, with the same kept ids and the truncation counted.
+    from kdbench.generation.engine import encode_prompts
+
+    seen: list[int] = []
+
+    class Spy:
+        def __call__(self, text, **kwargs):
+            seen.append(max(map(len, text)) if isinstance(text, list) else len(text))
+            return tok(text, **kwargs)
+
+    huge = prompt_of({"instruction": "Summarize.", "input": words(1_000_000), "output": ""})
+    short = prompt_of({"instruction": "Say hi.", "input": "", "output": ""})
+    ids, n_truncated = encode_prompts(Spy(), [short, huge, short], 256)
+    assert max(seen) <= 2 * (256 + CUT_MARGIN_TOKENS) * CHARS_PER_TOKEN_BOUND
+    assert n_truncated == 1
+    assert ids[0] == ids[2] == tok(short, add_special_tokens=False)["input_ids"]
+    assert ids[1] == tok(huge, add_special_tokens=False)["input_ids"][-256:]
+
+
 @pytest.mark.parametrize(("max_prompt", "max_response"), [(12, 5), (64, 32), (256, 256)])
 def test_normal_rows_encode_as_the_whole_text_does(tok, splits, max_prompt, max_response):
     # Small limits cut the long rows' prompts (a 12-token limit cuts past 448 characters): still the same ids.

@@ -143,3 +143,24 @@ def test_a_run_resumes_only_from_a_file_of_the_same_training_config(tmp_path):
     stale.write_bytes(b"y")
     path, cfg = run_resume_file(tmp_path, base)
     assert not path.exists() and not stale.exists() and cfg == training_config(base)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage"])
+def test_a_damaged_resume_checkpoint_is_moved_aside_and_training_starts_over(damage, small_tokenizer,
+                                                                            small_teacher, tmp_path, caplog):
+    # What a stage's resume file (the teacher stage, the warm start) meets when a disk fault or a copy cut
+    # short damaged it: fit() must not fail on it at every later attempt.
+    import logging
+
+    path = tmp_path / "ksft.resume.ckpt"
+    with pytest.raises(Crash):
+        _train("sft", small_tokenizer, small_teacher, resume_path=path, crash_at=CRASH_AT)
+    good = path.read_bytes()
+    path.write_bytes(good[:len(good) // 2] if damage == "truncated" else b"\x00garbage" * 64)
+    with caplog.at_level(logging.WARNING):
+        _, _, _, ran = _train("sft", small_tokenizer, small_teacher, resume_path=path)
+    assert ran == STEPS  # from step 0
+    aside = list(tmp_path.glob("ksft.resume.ckpt.corrupt-*"))
+    assert len(aside) == 1 and aside[0].read_bytes() != good
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any(str(path) in w and "does not load" in w for w in warned), warned

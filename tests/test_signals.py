@@ -62,7 +62,9 @@ def kdbench(args, cwd: Path, cache: Path, timeout=600) -> subprocess.CompletedPr
 @pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)], ids=["SIGTERM", "SIGINT"])
 def test_a_signal_mid_training_saves_records_and_the_rerun_continues(tmp_path, sig, code):
     cache = tmp_path / "cache"
-    proc = start_kdbench(LONG, tmp_path, cache)
+    # With the W&B logger (offline) for SIGTERM: the rerun must continue the same W&B run.
+    args = [*LONG, "logger=wandb"] if sig == signal.SIGTERM else LONG
+    proc = start_kdbench(args, tmp_path, cache)
     m, _ = wait_for(proc, STEP_LINE)
     proc.send_signal(sig)
     rest, _ = proc.communicate(timeout=300)
@@ -84,7 +86,7 @@ def test_a_signal_mid_training_saves_records_and_the_rerun_continues(tmp_path, s
     assert Path(record["resume_file"]) == run_dir / "training.resume.ckpt" and Path(record["resume_file"]).is_file()
     assert not (run_dir / "results.json").exists()  # never a record that claims success
 
-    again = kdbench(LONG, tmp_path, cache)
+    again = kdbench(args, tmp_path, cache)
     assert again.returncode == 0, again.stderr[-3000:]
     out = again.stdout + again.stderr
     assert "resuming the interrupted training" in out
@@ -92,6 +94,11 @@ def test_a_signal_mid_training_saves_records_and_the_rerun_continues(tmp_path, s
     assert result["status"] == "complete" and result["train"]["steps"] == STEPS
     assert result["train"]["resumed_after_seconds"] is not None
     assert not (run_dir / "interrupted.json").exists() and not (run_dir / "training.resume.ckpt").exists()
+    if sig == signal.SIGTERM:
+        # Two offline attempts under one id, which `wandb sync` uploads into one run in order of start.
+        run_id = (run_dir / "wandb_id.txt").read_text().strip()
+        attempts = sorted(p.name for p in (run_dir / "wandb").glob("offline-run-*"))
+        assert len(attempts) == 2 and all(a.endswith(f"-{run_id}") for a in attempts), attempts
 
 
 @pytest.mark.slow
@@ -197,3 +204,14 @@ def test_run_folders_are_siblings_and_path_values_are_shortened():
     long_run, long_sub = _run_dirs([deep.replace("train.jsonl", "x" * 150 + ".jsonl")])
     assert long_run.count("/") == 3 and len(long_sub) == 200
     assert run_dirname(deep + "x" * 200, 200) != run_dirname(deep + "y" * 200, 200)  # shortened, still distinct
+
+
+def test_only_a_continued_training_reuses_its_wandb_run_id(tmp_path):
+    from kdbench.tracking.loggers import run_wandb_id
+
+    first = run_wandb_id(tmp_path, resuming=False)
+    assert run_wandb_id(tmp_path, resuming=True) == first  # continues the interrupted attempt's run
+    fresh = run_wandb_id(tmp_path, resuming=False)  # started over (no resume file, force, a changed config)
+    assert fresh != first and run_wandb_id(tmp_path, resuming=True) == fresh
+    (tmp_path / "wandb_id.txt").write_text("../../etc\n")  # a damaged file is never used as an id
+    assert run_wandb_id(tmp_path, resuming=True).isalnum()

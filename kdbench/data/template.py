@@ -60,10 +60,15 @@ def _cut(text: str, window: int, keep_end: bool) -> str:
     return text[:boundary.start() if boundary else window]
 
 
+def char_window(max_tokens: int) -> int:
+    """Texts up to this many characters are tokenized whole by tokenize_truncated."""
+    return (max_tokens + CUT_MARGIN_TOKENS) * CHARS_PER_TOKEN_BOUND
+
+
 def tokenize_truncated(tokenizer, text: str, max_tokens: int, keep_end: bool) -> tuple[list[int], bool]:
     """(ids, truncated): the first max_tokens ids of `text` (its last ones if keep_end), without tokenizing more
     of a long text than it takes to find them; truncated says the text had more than max_tokens ids."""
-    window = (max_tokens + CUT_MARGIN_TOKENS) * CHARS_PER_TOKEN_BOUND
+    window = char_window(max_tokens)
     while True:
         if len(text) <= window:
             ids = tokenizer(text, add_special_tokens=False)["input_ids"]

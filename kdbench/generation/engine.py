@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from kdbench.data.template import left_truncate
+from kdbench.data.template import char_window, left_truncate, tokenize_truncated
 
 
 @dataclass
@@ -74,6 +74,24 @@ def generate_ids(model, ids: list[list[int]], settings, pad_id: int, eos_id: int
     return [s or [] for s in out_ids]
 
 
+def encode_prompts(tokenizer, prompts: list[str], max_prompt_length: int) -> tuple[list[list[int]], int]:
+    """(ids left-truncated to max_prompt_length, how many were truncated). One batched call for the usual prompts
+    (the fast tokenizer encodes a list in Rust; per-prompt calls pay Python overhead each); a prompt too long for
+    tokenize_truncated's window is cut before the tokenizer sees it whole (a 1M-character field)."""
+    window = char_window(max_prompt_length)
+    short = [i for i, p in enumerate(prompts) if len(p) <= window]
+    ids: list[list[int]] = [[] for _ in prompts]
+    n_truncated = 0
+    if short:
+        for i, x in zip(short, tokenizer([prompts[i] for i in short], add_special_tokens=False)["input_ids"]):
+            n_truncated += len(x) > max_prompt_length
+            ids[i] = left_truncate(list(x), max_prompt_length)
+    for i in sorted(set(range(len(prompts))) - set(short)):
+        ids[i], truncated = tokenize_truncated(tokenizer, prompts[i], max_prompt_length, keep_end=True)
+        n_truncated += truncated
+    return ids, n_truncated
+
+
 def generate(model, tokenizer, prompts: list[str], settings, max_prompt_length: int,
              max_new_tokens: int | None = None, description: str = "generating",
              show_progress: bool = True) -> GenerationResult:
@@ -82,10 +100,7 @@ def generate(model, tokenizer, prompts: list[str], settings, max_prompt_length: 
     import time
 
     t0 = time.perf_counter()
-    # One batched call: the fast tokenizer encodes a list in Rust, per-prompt calls pay Python overhead each.
-    ids = list(tokenizer(list(prompts), add_special_tokens=False)["input_ids"]) if prompts else []
-    n_truncated = sum(len(x) > max_prompt_length for x in ids)
-    ids = [left_truncate(x, max_prompt_length) for x in ids]
+    ids, n_truncated = encode_prompts(tokenizer, prompts, max_prompt_length)
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     outs = generate_ids(model, ids, settings, pad, eos, max_new_tokens, description, show_progress)
     texts, new_tokens = [], 0

@@ -99,9 +99,24 @@ def fit(module: L.LightningModule, datamodule: L.LightningDataModule, trainer: L
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     path = resume_checkpoint_of(trainer)
-    ckpt = str(path) if path is not None and path.is_file() else None
+    ckpt = str(path) if path is not None and path.is_file() and _readable(path) else None
     if ckpt:
         logging.getLogger("kdbench.train").info("resuming the interrupted training from %s", path)
     # weights_only=False: the file is this run's own, written by ResumeCheckpoint, with pickled method state.
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt, weights_only=False if ckpt else None)
     return trainer
+
+
+def _readable(path: Path) -> bool:
+    """Whether a resume checkpoint loads; a damaged one (a disk fault, a copy cut short) is moved aside with a
+    warning and the training starts over, instead of failing every later attempt on it."""
+    import torch
+
+    from kdbench.tracking.cache_entry import quarantine
+
+    try:
+        torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    except Exception as e:  # noqa: BLE001 - any failure to load means the same: it cannot be continued from
+        quarantine(path, f"the resume checkpoint does not load: {type(e).__name__}: {e}"[:300])
+        return False
+    return True
