@@ -12,7 +12,6 @@ import sys
 import threading
 from dataclasses import fields
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir

@@ -622,7 +622,7 @@ def test_kdbench_eval_with_a_partial_judge_and_with_a_failing_one(endpoint, save
     endpoint.script = lambda item, order, seen: (503, '{"error": "overloaded for {auth}"}', {})
     out, results = kdbench_eval(tmp_path / "failing", saved_student, endpoint.url, key=KEY)
     assert out.returncode != 0
-    assert (f"eval.judge.max_failed_fraction=0.1 allows (3); " in out.stderr
+    assert ("eval.judge.max_failed_fraction=0.1 allows (3); " in out.stderr
             and f". Last error: HTTP 503 after 2 attempt(s) to {endpoint.url}/chat/completions: "
                 '{"error": "overloaded for Bearer ***"}' in out.stderr), out.stderr[-3000:]
     assert results == []

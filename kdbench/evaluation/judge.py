@@ -39,7 +39,6 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Protocol
 
-from kdbench.tracking.atomic import atomic_write_json
 
 log = logging.getLogger(__name__)
 
