@@ -136,6 +136,10 @@ def test_a_failed_cell_does_not_sink_the_sweep(tmp_path):
     assert len(failed) == 1 and "method.alpha=1.5" in failed[0], failed
     assert "method.alpha=1.5" in (sweep / failed[0] / "failed.txt").read_text()
     assert f"FAILED {failed[0]}" in out.stdout
+    # It says that rerunning cannot help a config error (a bad value), not "re-run to redo them".
+    last = (sweep / failed[0] / "failed.txt").read_text().strip().splitlines()[-1]
+    assert last.startswith("ConfigError: ") and "[a rerun fails the same way: fix the config or data" in last
+    assert "1 need a fix to their config or data first (a rerun fails the same way)" in out.stderr
 
 
 def test_missing_real_weights_fail_cleanly_naming_the_key(tmp_path):

@@ -98,6 +98,33 @@ def test_sni_keeps_every_reference(local_copy):
 # ------------------------------------------------------------------------------------- bundled copies, offline
 
 
+def test_a_hub_set_without_a_bundled_copy_is_skipped_offline_with_its_reason(monkeypatch, caplog, tmp_path):
+    # UnNI [11+] (MiniLLM's 10k set) is not bundled: offline, the full profile evaluates the other sets and records
+    # why this one is missing, instead of failing the whole evaluation; a local copy or the hub still reads it.
+    from kdbench.evaluation.suite import _unreachable
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    cfg = _compose([], config_name="evaluate")
+    assert "unni" in cfg.eval.sets and cfg.eval.sets.unni.source.bundled is None
+    skipped: dict = {}
+    with caplog.at_level("WARNING", logger="kdbench.evaluation.suite"):
+        gone = [n for n, s in cfg.eval.sets.items() if _unreachable(n, s, skipped)]
+    assert gone == ["unni"]
+    assert "HF_HUB_OFFLINE is set" in skipped["unni"] and "eval.sets.unni.source.path=" in skipped["unni"]
+    assert any("eval set unni not evaluated" in r.getMessage() for r in caplog.records)
+    local = tmp_path / "unni.jsonl"
+    local.write_text(json.dumps({"instruction": "Say yes.", "input": "", "output": "yes"}) + "\n")
+    cfg.eval.sets.unni.source.path = str(local)
+    assert not _unreachable("unni", cfg.eval.sets.unni, {})
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    import kdbench.data.bundled as bundled
+
+    monkeypatch.setattr(bundled, "_probe", lambda endpoint: None)  # the hub answers: read by name as before
+    cfg.eval.sets.unni.source.path = "MiniLLM/uinst"
+    assert not _unreachable("unni", cfg.eval.sets.unni, {})
+
+
 @pytest.mark.parametrize("name", sorted(BUNDLED))
 def test_each_real_set_loads_offline_from_its_bundled_copy_with_no_override(name, monkeypatch, caplog):
     from kdbench.evaluation.classification_sets import load_items
