@@ -592,8 +592,10 @@ def test_kdbench_eval_with_a_configured_judge_but_no_key(endpoint, saved_student
 
 @pytest.mark.slow
 def test_kdbench_eval_with_a_partial_judge_and_with_a_failing_one(endpoint, saved_student, tmp_path, capsys):
-    # Partial: the first two distinct prompts get a 400 (not retried), the other 30 verdicts "8 6".
-    endpoint.script = lambda item, order, seen: (400, '{"error": "no"}', {}) if item < 2 else (200, "8 6\nok", {})
+    # Partial: the first two distinct prompts get a 400 (not retried), the other 30 verdicts "7 7". Equal scores:
+    # which two prompts reach the concurrent endpoint first (candidate shown first or second) cannot move the
+    # ratio, 100 over the 30 parsed verdicts (the orientation of scores is tested above).
+    endpoint.script = lambda item, order, seen: (400, '{"error": "no"}', {}) if item < 2 else (200, "7 7\nok", {})
     out, results = kdbench_eval(tmp_path / "partial", saved_student, endpoint.url, key=KEY)
     assert out.returncode == 0, out.stderr[-3000:]
     assert len(endpoint.prompt_ids) == 32  # 16 items x 2 orders, all distinct prompts
