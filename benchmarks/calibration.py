@@ -36,8 +36,9 @@ def run(out: Path, overrides: list[str]) -> dict:
 
 
 def row(name: str, metrics: dict) -> str:
-    cell = lambda k: (f"{metrics[f'embedded_test/{k}exact_match']:.1f} / "
-                      f"{metrics[f'embedded_test/{k}rouge_l']:.1f}")
+    def cell(k):
+        return f"{metrics[f'embedded_test/{k}exact_match']:.1f} / {metrics[f'embedded_test/{k}rouge_l']:.1f}"
+
     return f"| {name} | {cell('')} | " + " | ".join(cell(f + '/') for f in FAMILIES) + " |"
 
 
@@ -59,7 +60,8 @@ def main() -> None:
         results = list(pool.map(lambda o: run(args.out, o), jobs))
 
     teacher = results[0]["teacher_metrics"]
-    print("| model | all | " + " | ".join(FAMILIES) + " |\n| --- | ---: | " + " | ".join(["---:"] * len(FAMILIES)) + " |")
+    print("| model | all | " + " | ".join(FAMILIES) + " |\n| --- | ---: | "
+          + " | ".join(["---:"] * len(FAMILIES)) + " |")
     print(row(f"teacher ({results[0]['labels']['teacher']})", teacher))
     em = []
     for steps, r in zip(args.steps, results[1:]):

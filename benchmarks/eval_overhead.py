@@ -83,10 +83,14 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (kdbench's CPU default: 1 per process)")
     args = parser.parse_args()
 
-    from kdbench.evaluation.generation_sets import (evaluate_generation_set, greedy_settings, load_set_rows,
-                                                    max_new_tokens)
-    from kdbench.generation.engine import generate
     from kdbench.data.datamodule import prompt_of
+    from kdbench.evaluation.generation_sets import (
+        evaluate_generation_set,
+        greedy_settings,
+        load_set_rows,
+        max_new_tokens,
+    )
+    from kdbench.generation.engine import generate
 
     torch.set_num_threads(args.threads)
     if args.data is not None and not args.data.is_file():
@@ -107,7 +111,8 @@ def main() -> None:
     settings = greedy_settings(cfg.eval, max_new_tokens(set_cfg.max_new_tokens, cfg.eval))
     new_max, plen = settings.max_new_tokens, cfg.eval.max_prompt_length
     print(f"model {name}, {sum(p.numel() for p in model.parameters()):,} params, {len(prompts)} DollyEval prompts "
-          f"({args.data.name if args.data else 'bundled DollyEval'}), greedy, batch {args.batch_size}, max_new_tokens {new_max}, max_prompt_length {plen}, "
+          f"({args.data.name if args.data else 'bundled DollyEval'}), greedy, batch {args.batch_size}, "
+          f"max_new_tokens {new_max}, max_prompt_length {plen}, "
           f"torch {torch.__version__}, {args.threads} thread(s), {args.rounds} rounds after a warm-up")
 
     def harness():

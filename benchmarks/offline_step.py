@@ -196,7 +196,9 @@ def body_forward_flops(d: dict, B: int, T: int) -> float:
 
 
 def step_flops(kind: str, method, s: dict, t: dict, B: int, T: int, n_resp: int) -> float:
-    head = lambda d, rows: 2.0 * d["V"] * d["H"] * rows
+    def head(d, rows):
+        return 2.0 * d["V"] * d["H"] * rows
+
     layers = method.hidden.weight > 0
     divergence = method.divergence is not None and method.alpha > 0
     proj = 0.0

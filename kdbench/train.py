@@ -161,8 +161,8 @@ def _distill(cfg: DictConfig, start: RunStart, t_start: float) -> dict:
     from kdbench.data.datamodule import InstructionDataModule
     from kdbench.data.sources import load_rows
     from kdbench.evaluation.suite import Model, run_suite
-    from kdbench.methods.fit import fit, make_trainer
     from kdbench.methods.build import make_module, sampling_cost
+    from kdbench.methods.fit import fit, make_trainer
     from kdbench.methods.offline import check_head_path
     from kdbench.methods.selection import SelectCheckpoint
     from kdbench.models.loading import save_model_folder

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY_RUN
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
-from conftest import TINY_RUN
 from kdbench.paths import conf_dir
 from kdbench.schema import register_configs
 from kdbench.tracking.atomic import atomic_write_json

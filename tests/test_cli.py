@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import TINY_RUN
+
 from kdbench.tracking.wandb_reader import read_offline_run
 
 

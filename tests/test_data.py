@@ -11,14 +11,29 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import bundled_records
 from omegaconf import OmegaConf
 
-from conftest import bundled_records
 from kdbench.data import embedded
-from kdbench.data.datamodule import (IGNORE, EncodedDataset, InstructionDataModule, ShuffledBatchSampler, collate,
-                                     encode_row, split_by_length)
-from kdbench.data.embedded import (BENCHMARK_VERSION, EVAL_WEIGHTS, FAMILIES, NEGATIVE, POSITIVE,
-                                   SENTIMENT_LABELS, SplitSizes, generate_splits)
+from kdbench.data.datamodule import (
+    IGNORE,
+    EncodedDataset,
+    InstructionDataModule,
+    ShuffledBatchSampler,
+    collate,
+    encode_row,
+    split_by_length,
+)
+from kdbench.data.embedded import (
+    BENCHMARK_VERSION,
+    EVAL_WEIGHTS,
+    FAMILIES,
+    NEGATIVE,
+    POSITIVE,
+    SENTIMENT_LABELS,
+    SplitSizes,
+    generate_splits,
+)
 from kdbench.data.sources import DataError, load_rows, read_hf, read_jsonl
 from kdbench.data.template import render_prompt
 from kdbench.models.tokenizer import train_bpe_tokenizer

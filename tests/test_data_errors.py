@@ -234,7 +234,7 @@ def test_a_giant_word_is_cut_to_a_bounded_size(tok, long_token_tok, keep_end):
     seen: list[int] = []
     for name, text in giant_words(1_000_000).items():
         for tokenizer in (tok, long_token_tok):
-            def spy(piece, **kwargs):  # the real tokenizer, recording how much text it is given
+            def spy(piece, tokenizer=tokenizer, **kwargs):  # the real tokenizer, recording how much it is given
                 seen.append(len(piece))
                 return tokenizer(piece, **kwargs)
 

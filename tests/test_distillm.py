@@ -7,14 +7,12 @@ import random
 
 import pytest
 import torch
-from omegaconf import OmegaConf
-
 from conftest import small_splits, tiny_model, trainer_cfg
+from omegaconf import OmegaConf
 
 from kdbench.data.datamodule import InstructionDataModule, collate
 from kdbench.losses import skew_forward_kl
-from kdbench.methods.distillm import (AdaptiveThreshold, DistiLLMDistillation, ReplayBuffer, _items_of,
-                                      fresh_probability)
+from kdbench.methods.distillm import AdaptiveThreshold, DistiLLMDistillation, ReplayBuffer, _items_of, fresh_probability
 from kdbench.methods.fit import fit, make_trainer
 from kdbench.methods.offline import response_logits
 from kdbench.schema import DistiLLMConfig, MethodConfig

@@ -14,11 +14,22 @@ import warnings
 
 import pytest
 import torch
-from conftest import rand_logits
 import torch.nn.functional as F
+from conftest import rand_logits
 
-from kdbench.losses import (DIVERGENCES, adaptive_kl, akl_weights, check_jsd_beta, chunked_divergence, forward_kl,
-                            generalized_jsd, reverse_kl, skew_forward_kl, skew_reverse_kl, total_variation)
+from kdbench.losses import (
+    DIVERGENCES,
+    adaptive_kl,
+    akl_weights,
+    check_jsd_beta,
+    chunked_divergence,
+    forward_kl,
+    generalized_jsd,
+    reverse_kl,
+    skew_forward_kl,
+    skew_reverse_kl,
+    total_variation,
+)
 
 NAMES = sorted(DIVERGENCES)
 HP_NAMES = {"generalized_jsd": "beta", "skew_forward_kl": "alpha", "skew_reverse_kl": "alpha", "adaptive_kl": "mu"}

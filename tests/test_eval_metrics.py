@@ -15,8 +15,13 @@ import torch.nn.functional as F
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from kdbench.evaluation.agreement import teacher_student_agreement
-from kdbench.evaluation.calibration import (brier_score, calibration_metrics, expected_calibration_error,
-                                            reliability_diagram, score_labels)
+from kdbench.evaluation.calibration import (
+    brier_score,
+    calibration_metrics,
+    expected_calibration_error,
+    reliability_diagram,
+    score_labels,
+)
 from kdbench.evaluation.exposure_bias import exaccerr_from_divergences, exposure_bias, sample_continuations
 from kdbench.evaluation.long_text import distinct_n, lm_loss, repetition_rate, rouge_l_by_length
 from kdbench.evaluation.metrics import PER_ITEM, normalized_exact_match, normalized_exact_match_per_item
@@ -328,7 +333,8 @@ def prefix_blind_llama(tok, seed: int) -> LlamaForCausalLM:
     model = tiny_llama(len(tok), seed)
     g = torch.Generator().manual_seed(seed + 7)
     with torch.no_grad():
-        model.model.embed_tokens.weight.copy_(torch.randn(1, 32, generator=g).expand_as(model.model.embed_tokens.weight))
+        embed = model.model.embed_tokens.weight
+        embed.copy_(torch.randn(1, 32, generator=g).expand_as(embed))
         for layer in model.model.layers:
             layer.self_attn.o_proj.weight.zero_()
             layer.mlp.down_proj.weight.zero_()

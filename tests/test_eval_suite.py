@@ -14,10 +14,10 @@ from dataclasses import fields
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from conftest import REPO, bundled_records
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
-from conftest import REPO, bundled_records
 from kdbench.paths import conf_dir
 from kdbench.schema import ConfigError, register_configs, run_dirname, validate
 

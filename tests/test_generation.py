@@ -18,7 +18,6 @@ from kdbench.models.loading import build_from_arch
 from kdbench.models.tokenizer import train_bpe_tokenizer
 from kdbench.schema import ArchConfig, GenerationConfig
 
-
 WORDS = ("the cat sat on a mat while dogs ran over green hills and birds sang songs in tall trees near rivers "
          "every morning before noon").split()
 
@@ -99,8 +98,8 @@ def test_max_new_tokens_argument_overrides_the_settings(model, tokenizer):
     short = gen(model, tokenizer, PROMPTS[:3], greedy(max_new_tokens=8), max_new_tokens=2)
     long = gen(model, tokenizer, PROMPTS[:3], greedy(max_new_tokens=8))
     assert short.new_tokens <= 2 * 3 < long.new_tokens
-    for s, l in zip(short.texts, long.texts):
-        assert l.startswith(s)
+    for s, lo in zip(short.texts, long.texts):
+        assert lo.startswith(s)
 
 
 def test_truncation_counts_long_prompts_and_keeps_the_end(model, tokenizer):
@@ -316,7 +315,7 @@ def test_concurrent_callers_compute_once(tmp_path):
         try:
             start.wait()
             outcomes.append(cached_generate(tmp_path, "fp-1", CACHE_PROMPTS, SETTINGS, compute))
-        except BaseException as e:  # surfaced below
+        except BaseException as e:  # noqa: BLE001 - surfaced below
             errors.append(e)
 
     threads = [threading.Thread(target=worker) for _ in range(2)]

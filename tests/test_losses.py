@@ -23,7 +23,6 @@ from kdbench.models.loading import build_from_arch, freeze
 from kdbench.models.tokenizer import train_bpe_tokenizer
 from kdbench.schema import ArchConfig, MethodConfig, OptimConfig
 
-
 # ----------------------------------------------------------------------------------------------------------------
 # Independent references
 # ----------------------------------------------------------------------------------------------------------------
@@ -282,7 +281,8 @@ def test_gradient_accumulation_leaves_the_gradient_unchanged(models, batch, toke
     g_full, g_acc, g_mom = grads_of(student, full), grads_of(student, accumulated), grads_of(student, mean_of_means)
     assert g_full.keys() == g_acc.keys() and len(g_full) > 0
     for name in g_full:
-        torch.testing.assert_close(g_acc[name], g_full[name], atol=1e-6, rtol=1e-5, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(g_acc[name], g_full[name], atol=1e-6, rtol=1e-5,
+                                   msg=lambda m, name=name: f"{name}: {m}")
     # the reduction matters: averaging micro-batch means gives a different gradient (so this test can fail)
     differs = max((g_mom[n] - g_full[n]).abs().max().item() for n in g_full)
     scale = max(g_full[n].abs().max().item() for n in g_full)
@@ -311,7 +311,7 @@ def test_training_step_micro_batching_matches_the_full_batch(models, batch, toke
                 capture()
 
             def zero_grad(self, set_to_none=True):
-                module.student.zero_grad(set_to_none=set_to_none)
+                module.student.zero_grad(set_to_none=set_to_none)  # noqa: B023 - used within this iteration
 
         class Sched:
             def step(self):

@@ -5,15 +5,15 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import sft, small_splits, tiny_model, trainer_cfg
 from omegaconf import OmegaConf
 
-from conftest import sft, small_splits, tiny_model, trainer_cfg
 from kdbench.data.datamodule import InstructionDataModule
+from kdbench.losses import forward_kl
 from kdbench.methods.fit import fit, make_trainer
 from kdbench.methods.offline import OfflineDistillation
 from kdbench.models.loading import freeze
 from kdbench.schema import MethodConfig
-from kdbench.losses import forward_kl
 
 ROWS = small_splits()
 

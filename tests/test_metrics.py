@@ -7,9 +7,9 @@ from __future__ import annotations
 import random
 
 import pytest
+from conftest import bundled_records
 from rouge_score import rouge_scorer
 
-from conftest import bundled_records
 from kdbench.evaluation.metrics import exact_match, exact_match_per_item, rouge_l, rouge_l_per_item
 
 N_ROWS = 30

@@ -8,16 +8,24 @@ import copy
 
 import pytest
 import torch
-from omegaconf import OmegaConf
-
 from conftest import sft, small_splits, tiny_model, trainer_cfg
+from omegaconf import OmegaConf
 
 from kdbench.data.datamodule import InstructionDataModule
 from kdbench.data.template import render_prompt
 from kdbench.generation.mixed import mixed_sample
 from kdbench.methods.fit import fit, make_trainer
-from kdbench.methods.minillm import (MiniLLMDistillation, advantages, collect_rollout, from_grid, ppo_loss,
-                                     response_grid, returns, to_grid, tokens_left)
+from kdbench.methods.minillm import (
+    MiniLLMDistillation,
+    advantages,
+    collect_rollout,
+    from_grid,
+    ppo_loss,
+    response_grid,
+    returns,
+    to_grid,
+    tokens_left,
+)
 from kdbench.schema import MethodConfig, MiniLLMConfig
 
 ROWS = small_splits()

@@ -16,8 +16,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from kdbench.data.datamodule import collate, encode_row
 from kdbench.models import loading
 from kdbench.models.compat import IncompatibleModelsError, check_distillable
-from kdbench.models.loading import (WeightsNotFoundError, build_from_arch, count_parameters, freeze,
-                                    load_pretrained)
+from kdbench.models.loading import WeightsNotFoundError, build_from_arch, count_parameters, freeze, load_pretrained
 from kdbench.models.tokenizer import train_bpe_tokenizer
 from kdbench.schema import ArchConfig
 

@@ -6,9 +6,8 @@ from __future__ import annotations
 import copy
 
 import torch
-from omegaconf import OmegaConf
-
 from conftest import sft, small_splits, tiny_model, trainer_cfg
+from omegaconf import OmegaConf
 
 from kdbench.data.datamodule import IGNORE, InstructionDataModule, collate
 from kdbench.data.template import render_prompt

@@ -7,13 +7,14 @@ import io
 import json
 import logging
 import math
+import statistics
 
 import pytest
 
 from kdbench.report import build_table, collect_results, render_markdown
 from kdbench.report.cli import main
+from kdbench.report.compare import paired_verdicts, t95
 from kdbench.report.render import render_csv
-from kdbench.report.compare import paired_verdicts
 
 RL = "embedded_test/rouge_l"
 EM = "embedded_test/exact_match"
@@ -337,3 +338,21 @@ def test_a_change_vs_sft_is_marked_only_when_clear_of_seed_noise(tmp_path):
     for name in ("sft2", "kd2"):
         (tmp_path / name / "results.json").unlink()
     assert table_for(tmp_path).row("kd", "tiny").clear_vs_sft == {}
+
+
+def test_t_critical_values_are_exact_for_any_number_of_pairs():
+    # Published two-sided 5% values; the old table returned 2.131 for 11 pairs (t(10) is 2.228, t(11) 2.201) and
+    # 1.96 past 31 pairs, both too small (anti-conservative).
+    for dof, value in ((1, 12.706), (2, 4.303), (10, 2.228), (11, 2.201), (40, 2.021), (120, 1.980)):
+        assert t95(dof) == pytest.approx(value, abs=1e-3)
+    assert t95(1000) > 1.96
+    # At the edge, over 41 pairs (t(40) = 2.021): a mean difference of 2.1 standard errors is clear, one of 2.0 is
+    # not (the table's 1.96 called both clear).
+    n = 41
+    base = {s: {RL: 0.0} for s in range(n)}
+    noise = [(-1) ** s for s in range(n)]  # mean ~0, stdev ~1
+    for k, clear in ((2.1, True), (2.0, False)):
+        se = statistics.stdev(noise) / math.sqrt(n)
+        shift = k * se - statistics.fmean(noise)
+        runs = {s: {RL: noise[s] + shift} for s in range(n)}
+        assert paired_verdicts(runs, base, [RL])[RL] is clear

@@ -7,10 +7,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import REPO, CountSteps, Crash, CrashAt, small_splits, tiny_model, trainer_cfg
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
-
-from conftest import REPO, Crash, CountSteps, CrashAt, small_splits, tiny_model, trainer_cfg
 
 from kdbench.data.datamodule import InstructionDataModule
 from kdbench.methods.build import make_module

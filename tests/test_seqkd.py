@@ -11,9 +11,9 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from conftest import TINY_RUN, small_splits, tiny_model, trainer_cfg
 from omegaconf import OmegaConf
 
-from conftest import TINY_RUN, small_splits, tiny_model, trainer_cfg
 from kdbench.data.datamodule import InstructionDataModule
 from kdbench.methods.fit import fit, make_trainer
 from kdbench.methods.offline import OfflineDistillation, response_logits

@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import TINY_RUN
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+from conftest import TINY_RUN
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
-from conftest import TINY_RUN
 from kdbench.paths import conf_dir
 from kdbench.schema import register_configs
 from kdbench.stages import teacher as stage
@@ -58,8 +58,7 @@ def test_key_changes_with_anything_that_determines_the_teacher(tmp_path):
 
 def test_an_interrupted_stage_resumes_to_the_same_teacher(tmp_path, monkeypatch):
     import pytest
-
-    from conftest import Crash, CountSteps, CrashAt
+    from conftest import CountSteps, Crash, CrashAt
 
     from kdbench.methods import fit as fit_module
 

@@ -74,7 +74,7 @@ def _user_keys(d: dict) -> dict:
 
 
 def test_reads_config_history_summary_tags(offline_env):
-    rows = [{"train/loss": l, "eval/set/rouge_l": r} for l, r in zip(LOSSES, ROUGE)]
+    rows = [{"train/loss": loss, "eval/set/rouge_l": r} for loss, r in zip(LOSSES, ROUGE)]
     run_file = _make_run(offline_env, rows)
     assert run_file.name.startswith("run-") and run_file.parent.name.startswith("offline-run-")
 

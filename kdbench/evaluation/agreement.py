@@ -11,8 +11,7 @@ from collections.abc import Iterable, Iterator
 
 import torch
 
-from kdbench.evaluation.long_text import (encode_pairs, eval_mode, length_batches, model_device, pad_id_of,
-                                          to_device)
+from kdbench.evaluation.long_text import encode_pairs, eval_mode, length_batches, model_device, pad_id_of, to_device
 from kdbench.losses.divergences import forward_kl
 from kdbench.methods.offline import base_and_head, response_hidden
 

@@ -13,8 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from kdbench.data.template import left_truncate
-from kdbench.evaluation.long_text import (eval_mode, length_batches, model_device, pad_id_of, target_log_probs,
-                                          to_device)
+from kdbench.evaluation.long_text import eval_mode, length_batches, model_device, pad_id_of, target_log_probs, to_device
 
 
 def _vector(x, name: str) -> torch.Tensor:

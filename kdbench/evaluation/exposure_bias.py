@@ -209,7 +209,7 @@ def exposure_bias(teacher, student, tokenizer, prompts: list[str], *, max_new_to
     curve = exaccerr_from_divergences(sets["student"][0], sets["student"][1], sets["teacher"][0],
                                       sets["teacher"][1], average=average, student_groups=sets["student"][2],
                                       teacher_groups=sets["teacher"][2])
-    at = {str(l): {k: _json_float(curve[k][l - 1]) for k in ("R", "eps", "exaccerr")} for l in report_at if l <= L}
+    at = {str(n): {k: _json_float(curve[k][n - 1]) for k in ("R", "eps", "exaccerr")} for n in report_at if n <= L}
     return {
         "l": curve["l"].tolist(),
         "R": [_json_float(v) for v in curve["R"]],

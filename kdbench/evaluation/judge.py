@@ -39,7 +39,6 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Protocol
 
-
 log = logging.getLogger(__name__)
 
 PROMPT_PATH = Path(__file__).with_name("prompts") / "judge_pairwise.txt"

@@ -170,7 +170,8 @@ def response_rows(batch: dict) -> torch.Tensor:
     return rows[at]
 
 
-def chunked_logits(model, hidden: torch.Tensor, vocab_size: int, chunk_rows: int) -> Iterator[tuple[slice, torch.Tensor]]:
+def chunked_logits(model, hidden: torch.Tensor, vocab_size: int,
+                   chunk_rows: int) -> Iterator[tuple[slice, torch.Tensor]]:
     """(row slice, logits [rows, vocab_size]) of lm_head(hidden), `chunk_rows` rows at a time; logits are cut to
     the tokenizer's vocabulary (output layers padded past it, e.g. Qwen2.5, carry no real token)."""
     head = base_and_head(model)[1]

@@ -25,8 +25,13 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from kdbench.data.datamodule import prompt_of
-from kdbench.evaluation.generation_sets import (evaluate_generation_set, evaluate_sampled, load_set_rows,
-                                                max_new_tokens, samples_of)
+from kdbench.evaluation.generation_sets import (
+    evaluate_generation_set,
+    evaluate_sampled,
+    load_set_rows,
+    max_new_tokens,
+    samples_of,
+)
 
 log = logging.getLogger(__name__)
 

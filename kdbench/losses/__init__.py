@@ -3,8 +3,17 @@
 `chunked_divergence` computes any of them from hidden states and LM-head weights chunk by chunk, without ever
 holding the [N, V] logits."""
 
-from kdbench.losses.divergences import (adaptive_kl, akl_weights, check_jsd_beta, forward_kl, generalized_jsd,
-                                        reverse_kl, skew_forward_kl, skew_reverse_kl, total_variation)
+from kdbench.losses.divergences import (
+                                        adaptive_kl,
+                                        akl_weights,
+                                        check_jsd_beta,
+                                        forward_kl,
+                                        generalized_jsd,
+                                        reverse_kl,
+                                        skew_forward_kl,
+                                        skew_reverse_kl,
+                                        total_variation,
+)
 
 # The registry a method config names by `method.divergence` (hyperparameters under `method.divergence_hp`).
 DIVERGENCES = {

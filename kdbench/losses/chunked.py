@@ -19,7 +19,7 @@ both losses), as a second per-position output.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F

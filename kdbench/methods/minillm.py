@@ -45,7 +45,6 @@ from kdbench.losses import chunked_divergence
 from kdbench.methods.offline import OfflineDistillation, base_and_head, chunk_rows, response_hidden
 from kdbench.methods.onpolicy import prompts_of_batch
 
-
 # ------------------------------------------------------------------------------------------------- arithmetic
 
 def returns(rewards: torch.Tensor, mask: torch.Tensor, gamma: float, include_current: bool) -> torch.Tensor:

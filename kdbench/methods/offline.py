@@ -60,7 +60,7 @@ def chunk_rows(method, vocab_size: int) -> int:
 
 def uniform_layer_map(n_student: int, n_teacher: int) -> list[int]:
     """Student layer l (1..n_student) <- teacher layer round(l * n_teacher / n_student): last matches last."""
-    return [round(l * n_teacher / n_student) for l in range(1, n_student + 1)]
+    return [round(i * n_teacher / n_student) for i in range(1, n_student + 1)]
 
 
 def response_logits(model, batch: dict, vocab_size: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -25,8 +25,7 @@ from kdbench.paths import ASSETS_DIR
 from kdbench.schema import MethodConfig
 from kdbench.stages.keys import content_key
 from kdbench.tracking.atomic import atomic_publish_dir, atomic_write_json
-from kdbench.tracking.cache_entry import folder_or_quarantine, folder_problem, lock_for, verified_folder, \
-    write_manifest
+from kdbench.tracking.cache_entry import folder_or_quarantine, folder_problem, lock_for, verified_folder, write_manifest
 
 log = logging.getLogger(__name__)
 TEACHER_STAGE_VERSION = 1

@@ -21,8 +21,7 @@ from kdbench.models.tokenizer import train_bpe_tokenizer
 from kdbench.paths import ASSETS_DIR
 from kdbench.stages.keys import content_key
 from kdbench.tracking.atomic import atomic_publish_dir
-from kdbench.tracking.cache_entry import folder_or_quarantine, folder_problem, lock_for, verified_folder, \
-    write_manifest
+from kdbench.tracking.cache_entry import folder_or_quarantine, folder_problem, lock_for, verified_folder, write_manifest
 
 log = logging.getLogger(__name__)
 TOKENIZER_STAGE_VERSION = 1

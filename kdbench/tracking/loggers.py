@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-
 WANDB_ID_FILE = "wandb_id.txt"
 
 

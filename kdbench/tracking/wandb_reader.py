@@ -294,7 +294,7 @@ def _iter_records(path: Path, state: _LogState) -> Iterator[Any]:
         record = wandb_internal_pb2.Record()
         try:
             record.ParseFromString(payload)
-        except Exception:  # protobuf's DecodeError; be lenient with garbage
+        except Exception:  # noqa: BLE001 - protobuf's DecodeError and kin; be lenient with garbage
             state.corrupt_chunks += 1
             continue
         yield record
