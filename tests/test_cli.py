@@ -12,8 +12,7 @@ from pathlib import Path
 
 import pytest
 from conftest import TINY_RUN
-
-from kdbench.tracking.wandb_reader import read_offline_run
+from wandb_reader import read_offline_run
 
 
 def kdbench(args, cwd: Path, cache: Path, timeout=600):
@@ -28,6 +27,7 @@ def report(args, cwd: Path):
                           text=True, timeout=120)
 
 
+@pytest.mark.slow
 def test_single_run_writes_results_and_wandb(tmp_path):
     cache = tmp_path / "cache"
     # A resume checkpoint after every step (kdbench.methods.resume): none is left once the result is written.
@@ -88,6 +88,7 @@ def test_single_run_writes_results_and_wandb(tmp_path):
     assert json.loads(results[0].read_text())["config"]["data"]["embedded"]["version"] != -1
 
 
+@pytest.mark.slow
 def test_four_cell_sweep_resumes_and_reports(tmp_path):
     cache = tmp_path / "cache"
     grid = ["-m", "method=sft,kd", "student=tiny,small", "sweep_name=t4", "logger=none", *TINY_RUN]
@@ -124,6 +125,7 @@ def test_sweep_file_runs_from_any_folder(tmp_path):
     assert "MULTIRUN" in out.stdout and "method: sft,kd" in out.stdout
 
 
+@pytest.mark.slow
 def test_a_failed_cell_does_not_sink_the_sweep(tmp_path):
     cache = tmp_path / "cache"
     grid = ["-m", "method=kd", "method.alpha=0.5,1.5", "sweep_name=bad", "logger=none", *TINY_RUN]
@@ -142,6 +144,7 @@ def test_a_failed_cell_does_not_sink_the_sweep(tmp_path):
     assert "1 need a fix to their config or data first (a rerun fails the same way)" in out.stderr
 
 
+@pytest.mark.slow
 def test_missing_real_weights_fail_cleanly_naming_the_key(tmp_path):
     env_home = tmp_path / "hf"
     out = subprocess.run([sys.executable, "-c", "from kdbench.train import cli; cli()", "teacher=gpt2-xl",

@@ -155,6 +155,7 @@ def kdbench_cli(tmp_path: Path, train: Path, validation: Path) -> subprocess.Com
     ("validation", [GOOD.encode(), LATIN1_LINE], ":2: not UTF-8 (byte 0xe9"),
     ("train", [json.dumps([ROW, ROW]).encode()], ":1: a JSON array, not a JSON object: this is not JSON Lines"),
 ])
+@pytest.mark.slow
 def test_cli_reports_a_bad_file_in_one_line(tmp_path, which, bad_lines, expected):
     good = write_lines(tmp_path / "good.jsonl", [GOOD] * 8)
     bad = write_bytes(tmp_path / "bad.jsonl", bad_lines)
@@ -312,6 +313,7 @@ print(json.dumps({"grew_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss 
 """
 
 
+@pytest.mark.slow
 def test_a_one_million_character_line_does_not_raise_peak_memory(tmp_path):
     # Tokenizing the whole 1M-character fields raised the peak by ~300 MB; cut first, it barely moves.
     huge = words(1_000_000)

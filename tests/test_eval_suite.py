@@ -343,6 +343,7 @@ print(json.dumps(counts))
 """
 
 
+@pytest.mark.slow
 def test_the_wheel_carries_the_bundled_sets_and_reads_them_offline(tmp_path):
     import zipfile
 
@@ -529,12 +530,13 @@ def test_suite_in_process_with_a_judge_and_no_key_anywhere(tmp_path, monkeypatch
 # --------------------------------------------------------------------------------------- kdbench-eval, e2e
 
 
+@pytest.mark.slow
 def test_kdbench_eval_end_to_end_on_a_saved_student(tmp_path):
     from omegaconf import OmegaConf
+    from wandb_reader import read_offline_run
 
     from kdbench.models.loading import build_from_arch, save_model_folder
     from kdbench.stages.tokenizer import embedded_tokenizer
-    from kdbench.tracking.wandb_reader import read_offline_run
 
     cache = tmp_path / "cache"
     cfg = _compose(SMALL_EMBEDDED)

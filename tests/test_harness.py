@@ -205,6 +205,7 @@ class _Untouchable:
         raise AssertionError(f"the model was touched (.{name}) before the task checks failed")
 
 
+@pytest.mark.slow
 def test_unknown_task_is_named_before_model_work(sst2):
     from kdbench.evaluation.harness import UnknownTaskError, run_lm_eval
 

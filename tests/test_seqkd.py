@@ -95,6 +95,7 @@ def test_seqkd_moves_the_student_toward_the_teacher(teacher, small_tokenizer, tm
     assert agree1 > agree0 + 0.2, (agree0, agree1)
 
 
+@pytest.mark.slow
 def test_seqkd_cli_with_a_student_tokenizer_unlike_the_teachers(tmp_path):
     """A black-box method: a student with its own (smaller) tokenizer learns from the teacher's text. A second run
     with another seed reuses the teacher's answers from the cache."""

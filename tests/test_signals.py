@@ -116,6 +116,7 @@ def test_a_signal_before_training_exits_with_its_code_and_writes_no_result(tmp_p
     assert list((cache / "teachers").rglob("*.resume.ckpt")) or list(cache.rglob("*.resume.ckpt"))
 
 
+@pytest.mark.slow
 def test_two_identical_runs_do_not_share_a_folder(tmp_path):
     from filelock import FileLock
 

@@ -1,4 +1,4 @@
-"""Tests for kdbench.tracking.wandb_reader against real wandb offline runs."""
+"""Tests for the W&B offline run-file reader (tests/wandb_reader.py) against real wandb offline runs."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 
 wandb = pytest.importorskip("wandb")
 
-from kdbench.tracking.wandb_reader import (  # noqa: E402
+from wandb_reader import (  # noqa: E402
     BLOCK_SIZE,
     FILE_HEADER,
     OfflineRun,

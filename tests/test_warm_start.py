@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 from conftest import TINY_RUN
 
 
@@ -24,6 +25,7 @@ def _record(tmp_path, method):
     return json.loads(found[0].read_text())
 
 
+@pytest.mark.slow
 def test_sampling_methods_share_one_warm_start_within_the_step_budget(tmp_path):
     first = _run(tmp_path, "method=gkd")
     assert first.returncode == 0, first.stderr[-3000:]
@@ -45,6 +47,7 @@ def test_sampling_methods_share_one_warm_start_within_the_step_budget(tmp_path):
     assert {(r.method, r.student) for r in table.rows} >= {("gkd+ws", "tiny"), ("kd+ws", "tiny")}
 
 
+@pytest.mark.slow
 def test_a_warm_start_as_long_as_the_budget_is_refused(tmp_path):
     out = _run(tmp_path, "method=gkd", "trainer.warm_start_steps=6")
     assert out.returncode != 0

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from conftest import TINY_RUN
 from omegaconf import OmegaConf
 from test_cli import kdbench, report
@@ -13,6 +14,7 @@ from test_cli import kdbench, report
 SWEEPS = Path(__file__).resolve().parents[1] / "sweeps"
 
 
+@pytest.mark.slow
 def test_every_method_of_the_zoo_runs_and_gets_a_report_row(tmp_path):
     methods = OmegaConf.load(SWEEPS / "methods.yaml").hydra.sweeper.params.method.split(",")
     def kind(path: Path) -> str:  # a method file that extends another (defaults: [base]) has the base's kind

@@ -1,4 +1,5 @@
-"""Read Weights & Biases *offline* runs straight from their ``.wandb`` file.
+"""Read Weights & Biases *offline* runs straight from their ``.wandb`` file: a test helper (kdbench itself never
+reads its runs back), so that tests can assert what a real offline run recorded.
 
 Why this exists
 ---------------
@@ -15,7 +16,7 @@ without network access and without a W&B account.
 Dependency on wandb internals
 -----------------------------
 The file format is private to wandb and may change in any release; the wandb
-version is pinned in ``pyproject.toml`` for that reason.  What this module
+version is pinned in ``constraints.txt`` (the tests' install) for that reason.  What this module
 relies on (checked against wandb 0.31.0, whose writer lives in the Go binary
 ``wandb-core``, package ``core/pkg/leveldb``):
 
