@@ -10,9 +10,9 @@ matplotlib runs on its Agg backend (no display); it is imported only when a figu
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
+
+from kdbench.tracking.atomic import atomic_write_by
 
 ROLE_COLORS = {"student": "#1f77b4", "teacher": "#ff7f0e"}
 
@@ -27,20 +27,10 @@ def _pyplot():
 
 
 def _save(fig, path: Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
     try:
-        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        return atomic_write_by(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
     finally:
         _pyplot().close(fig)
-    return path
 
 
 def _none_to_nan(values):

@@ -7,9 +7,9 @@ import logging
 import os
 from pathlib import Path
 
-logger = logging.getLogger(__name__)
+from kdbench.tracking.results import RESULTS_FILE
 
-RESULTS_NAME = "results.json"
+logger = logging.getLogger(__name__)
 
 
 def collect_results(root: str | os.PathLike) -> list[dict]:
@@ -27,7 +27,7 @@ def collect_results(root: str | os.PathLike) -> list[dict]:
 
     results = []
     # Sorted so the first-seen order (metric columns, tie-breaks) is the same on every machine.
-    for path in sorted(root.rglob(RESULTS_NAME)):
+    for path in sorted(root.rglob(RESULTS_FILE)):
         if not path.is_file():
             continue
         try:
