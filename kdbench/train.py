@@ -163,9 +163,9 @@ def _distill(cfg: DictConfig, start: RunStart, t_start: float) -> dict:
     from kdbench.evaluation.suite import Model, run_suite
     from kdbench.methods.build import make_module, sampling_cost
     from kdbench.methods.fit import fit, make_trainer
-    from kdbench.methods.offline import check_head_path
     from kdbench.methods.selection import SelectCheckpoint
     from kdbench.models.loading import save_model_folder
+    from kdbench.models.surgery import check_head_path
     from kdbench.tracking.loggers import finish, log_final, log_images, make_logger, run_wandb_id
 
     # Known before the logger starts: a run that continues its training continues its W&B run (same id).

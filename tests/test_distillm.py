@@ -14,7 +14,7 @@ from kdbench.data.datamodule import InstructionDataModule, collate
 from kdbench.losses import skew_forward_kl
 from kdbench.methods.distillm import AdaptiveThreshold, DistiLLMDistillation, ReplayBuffer, _items_of, fresh_probability
 from kdbench.methods.fit import fit, make_trainer
-from kdbench.methods.offline import response_logits
+from kdbench.models.surgery import response_logits
 from kdbench.schema import DistiLLMConfig, MethodConfig
 
 ROWS = small_splits()

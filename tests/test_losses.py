@@ -18,8 +18,9 @@ from omegaconf import OmegaConf
 
 from kdbench.data.datamodule import IGNORE, collate, encode_row
 from kdbench.losses import DIVERGENCES, forward_kl
-from kdbench.methods.offline import OfflineDistillation, response_logits
+from kdbench.methods.offline import OfflineDistillation
 from kdbench.models.loading import build_from_arch, freeze
+from kdbench.models.surgery import response_logits
 from kdbench.models.tokenizer import train_bpe_tokenizer
 from kdbench.schema import ArchConfig, MethodConfig, OptimConfig
 

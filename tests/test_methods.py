@@ -31,7 +31,7 @@ def _held_out(module, dm, teacher=None):
     ce = kl = n = 0.0
     with torch.no_grad():
         for batch in dm.val_dataloader():
-            from kdbench.methods.offline import response_logits
+            from kdbench.models.surgery import response_logits
             s, targets = response_logits(module.student, batch, module.vocab_size)
             ce += float(torch.nn.functional.cross_entropy(s, targets, reduction="sum"))
             if teacher is not None:
@@ -88,7 +88,7 @@ def test_training_lowers_the_loss(tokenizer, teacher, method):
 
 
 def test_hidden_state_distillation_moves_the_students_layers_toward_the_teachers(tokenizer, teacher):
-    from kdbench.methods.offline import response_hidden
+    from kdbench.models.surgery import response_hidden
     from kdbench.paths import conf_dir
     method = OmegaConf.merge(OmegaConf.structured(MethodConfig), OmegaConf.load(conf_dir() / "method/hidden.yaml"))
     torch.manual_seed(0)

@@ -240,7 +240,7 @@ def test_blackbox_never_raises(tok, other_tok):
 
 
 def test_padded_output_layer_is_sliced_to_the_tokenizer(tok):
-    from kdbench.methods.offline import response_logits
+    from kdbench.models.surgery import response_logits
 
     config = LlamaConfig(vocab_size=len(tok) + 7, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
                          num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=256,

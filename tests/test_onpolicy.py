@@ -13,8 +13,8 @@ from kdbench.data.datamodule import IGNORE, InstructionDataModule, collate
 from kdbench.data.template import render_prompt
 from kdbench.losses import generalized_jsd
 from kdbench.methods.fit import fit, make_trainer
-from kdbench.methods.offline import response_logits
 from kdbench.methods.onpolicy import OnPolicyDistillation, prompts_of_batch, student_batch
+from kdbench.models.surgery import response_logits
 from kdbench.schema import MethodConfig, OnPolicyConfig, sampling_settings
 
 ROWS = small_splits()

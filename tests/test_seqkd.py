@@ -16,8 +16,9 @@ from omegaconf import OmegaConf
 
 from kdbench.data.datamodule import InstructionDataModule
 from kdbench.methods.fit import fit, make_trainer
-from kdbench.methods.offline import OfflineDistillation, response_logits
+from kdbench.methods.offline import OfflineDistillation
 from kdbench.methods.seqkd import prompts_needed, teacher_answers
+from kdbench.models.surgery import response_logits
 from kdbench.models.tokenizer import train_bpe_tokenizer
 from kdbench.schema import MethodConfig, SeqKDConfig
 

@@ -13,7 +13,7 @@ import torch
 
 from kdbench.evaluation.long_text import encode_pairs, eval_mode, length_batches, model_device, pad_id_of, to_device
 from kdbench.losses.divergences import forward_kl
-from kdbench.methods.offline import base_and_head, response_hidden
+from kdbench.models.surgery import base_and_head, response_hidden
 
 
 def head_size(model) -> int:
@@ -40,7 +40,7 @@ def shared_vocab_size(teacher, student, tokenizer=None, vocab_size: int | None =
 def response_divergences(teacher, student, batch: dict, vocab_size: int, temperature: float = 1.0,
                          chunk_rows: int = 1024) -> Iterator[tuple[slice, torch.Tensor, torch.Tensor]]:
     """(row slice, KL(p_teacher || q_student) [rows], argmax agreement [rows] bool) over the response positions
-    of `batch` (datamodule format), in `methods.offline.response_hidden`'s order, `chunk_rows` positions at a
+    of `batch` (datamodule format), in `models.surgery.response_hidden`'s order, `chunk_rows` positions at a
     time; values live on the student's device. Caller holds no_grad and eval mode."""
     s_dev, t_dev = model_device(student), model_device(teacher)
     s_hidden, _ = response_hidden(student, to_device(batch, s_dev))

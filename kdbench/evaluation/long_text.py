@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from kdbench.data.datamodule import IGNORE, collate, encode_row
 from kdbench.evaluation.metrics import rouge_l_per_item
-from kdbench.methods.offline import base_and_head, response_hidden
+from kdbench.models.surgery import base_and_head, response_hidden
 
 # ----------------------------------------------------------------------------------------------------------------
 # Text-only metrics
@@ -163,7 +163,7 @@ def to_device(batch: dict, device) -> dict:
 
 
 def response_rows(batch: dict) -> torch.Tensor:
-    """Row index [N] of each response position, in the order `methods.offline.response_hidden` returns them
+    """Row index [N] of each response position, in the order `models.surgery.response_hidden` returns them
     (row-major boolean indexing of labels[:, 1:] != IGNORE)."""
     at = batch["labels"][:, 1:] != IGNORE
     rows = torch.arange(at.shape[0], device=at.device).unsqueeze(1).expand_as(at)

@@ -42,8 +42,9 @@ import torch
 from kdbench.data.datamodule import IGNORE, collate
 from kdbench.generation.mixed import mixed_sample
 from kdbench.losses import chunked_divergence
-from kdbench.methods.offline import OfflineDistillation, base_and_head, chunk_rows, response_hidden
+from kdbench.methods.offline import OfflineDistillation, chunk_rows
 from kdbench.methods.onpolicy import prompts_of_batch
+from kdbench.models.surgery import base_and_head, response_hidden
 
 # ------------------------------------------------------------------------------------------------- arithmetic
 
