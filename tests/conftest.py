@@ -178,3 +178,16 @@ def bundled_file(tmp_path_factory):
         return out
 
     return path
+
+
+@pytest.fixture(scope="session")
+def built_wheel(tmp_path_factory) -> Path:
+    """A plain (non-editable) wheel of this checkout, built once for the packaging tests."""
+    import subprocess
+    import sys
+
+    dist = tmp_path_factory.mktemp("dist")
+    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                            "-w", str(dist), str(REPO)], capture_output=True, text=True, timeout=300)
+    assert build.returncode == 0, build.stderr[-2000:]
+    return next(dist.glob("kdbench-*.whl"))

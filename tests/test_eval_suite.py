@@ -344,13 +344,10 @@ print(json.dumps(counts))
 
 
 @pytest.mark.slow
-def test_the_wheel_carries_the_bundled_sets_and_reads_them_offline(tmp_path):
+def test_the_wheel_carries_the_bundled_sets_and_reads_them_offline(tmp_path, built_wheel):
     import zipfile
 
-    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                            "-w", str(tmp_path / "dist"), str(REPO)], capture_output=True, text=True, timeout=300)
-    assert build.returncode == 0, build.stderr[-2000:]
-    wheel = next((tmp_path / "dist").glob("kdbench-*.whl"))
+    wheel = built_wheel
     names = set(zipfile.ZipFile(wheel).namelist())
     assert "kdbench/assets/evalsets/PROVENANCE.md" in names
     assert {f"kdbench/assets/evalsets/{b}.jsonl.gz" for b, _ in BUNDLED.values()} <= names

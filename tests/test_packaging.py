@@ -8,15 +8,11 @@ import sys
 import zipfile
 
 import pytest
-from conftest import REPO
 
 
 @pytest.mark.slow
-def test_wheel_carries_configs_and_runs_from_any_folder(tmp_path):
-    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                            "-w", str(tmp_path / "dist"), str(REPO)], capture_output=True, text=True, timeout=300)
-    assert build.returncode == 0, build.stderr[-2000:]
-    wheel = next((tmp_path / "dist").glob("kdbench-*.whl"))
+def test_wheel_carries_configs_and_runs_from_any_folder(tmp_path, built_wheel):
+    wheel = built_wheel
     names = zipfile.ZipFile(wheel).namelist()
     for required in ("kdbench/_conf/train.yaml", "kdbench/_conf/method/kd.yaml", "kdbench/_sweeps/first_table.yaml",
                      "kdbench/_conf/hydra/help/kdbench.yaml", "kdbench/_conf/evaluate.yaml",

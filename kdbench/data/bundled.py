@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import functools
 import gzip
-import json
 import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from kdbench.data.sources import DataError
+from kdbench.data.sources import DataError, jsonl_records
 from kdbench.paths import ASSETS_DIR
 
 log = logging.getLogger(__name__)
@@ -53,18 +52,9 @@ def bundled_path(name: str) -> Path:
 
 
 def iter_bundled(path: Path) -> Iterator[tuple[dict, str]]:
-    """(object, "file:line") for each non-blank line of a bundled .jsonl.gz file."""
-    with gzip.open(path, "rt", encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                raw = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
-            if not isinstance(raw, dict):
-                raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(raw).__name__}")
-            yield raw, f"{path}:{lineno}"
+    """(object, "file:line") for each non-blank line of a bundled .jsonl.gz file (read as any JSONL file is)."""
+    with gzip.open(path, "rb") as f:
+        yield from jsonl_records(f, path)
 
 
 def _is_set(value: str | None) -> bool:

@@ -62,33 +62,39 @@ def iter_jsonl(path: str | Path):
 
 
 def _jsonl_lines(path: Path):
+    with path.open("rb") as f:
+        yield from jsonl_records(f, path)
+
+
+def jsonl_records(f, path: Path):
+    """(object, "file:line") for each non-blank line of a binary file object `f` holding JSON Lines (a plain file
+    or a gzip stream) named `path` in errors."""
     # Read as bytes and decode a line at a time: a text-mode file fails on a non-UTF-8 byte somewhere in an 8 KiB
     # read, with no line to name. Splitting on b"\n" keeps a CRLF line's "\r", which JSON reads as whitespace.
-    with path.open("rb") as f:
-        for lineno, data in enumerate(f, start=1):
-            where = f"{path}:{lineno}"
-            if lineno == 1 and data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
-                raise DataError(f"{where}: the file is UTF-16 (it starts with a UTF-16 byte-order mark); "
-                                f"save it as UTF-8")
-            try:
-                # A UTF-8 byte-order mark (Excel, Notepad) carries no data; `cat`-joined files have one mid-file.
-                line = data.decode("utf-8").removeprefix("\ufeff")
-            except UnicodeDecodeError as e:
-                raise DataError(f"{where}: not UTF-8 (byte {data[e.start]:#04x} at byte {e.start + 1} of the line; "
-                                f"a Latin-1 or Windows-1252 file?); save the file as UTF-8") from None
-            if not line.strip():
-                continue
-            try:
-                raw = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{where}: not valid JSON ({_json_error(e, line)}){_not_jsonl_hint(line)}") from None
-            if isinstance(raw, list):
-                raise DataError(f"{where}: a JSON array, not a JSON object: this is not JSON Lines, which holds one "
-                                f"{{...}} object a line. A file holding one JSON array of rows converts with "
-                                f"`jq -c '.[]' in.json > out.jsonl`")
-            if not isinstance(raw, dict):
-                raise DataError(f"{where}: expected a JSON object ({{...}}) a line, got {_JSON_KINDS[type(raw)]}")
-            yield raw, where
+    for lineno, data in enumerate(f, start=1):
+        where = f"{path}:{lineno}"
+        if lineno == 1 and data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+            raise DataError(f"{where}: the file is UTF-16 (it starts with a UTF-16 byte-order mark); "
+                            f"save it as UTF-8")
+        try:
+            # A UTF-8 byte-order mark (Excel, Notepad) carries no data; `cat`-joined files have one mid-file.
+            line = data.decode("utf-8").removeprefix("\ufeff")
+        except UnicodeDecodeError as e:
+            raise DataError(f"{where}: not UTF-8 (byte {data[e.start]:#04x} at byte {e.start + 1} of the line; "
+                            f"a Latin-1 or Windows-1252 file?); save the file as UTF-8") from None
+        if not line.strip():
+            continue
+        try:
+            raw = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{where}: not valid JSON ({_json_error(e, line)}){_not_jsonl_hint(line)}") from None
+        if isinstance(raw, list):
+            raise DataError(f"{where}: a JSON array, not a JSON object: this is not JSON Lines, which holds one "
+                            f"{{...}} object a line. A file holding one JSON array of rows converts with "
+                            f"`jq -c '.[]' in.json > out.jsonl`")
+        if not isinstance(raw, dict):
+            raise DataError(f"{where}: expected a JSON object ({{...}}) a line, got {_JSON_KINDS[type(raw)]}")
+        yield raw, where
 
 
 _JSON_KINDS = {str: "a string", int: "a number", float: "a number", bool: "true/false", type(None): "null"}

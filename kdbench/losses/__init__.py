@@ -4,15 +4,15 @@
 holding the [N, V] logits."""
 
 from kdbench.losses.divergences import (
-                                        adaptive_kl,
-                                        akl_weights,
-                                        check_jsd_beta,
-                                        forward_kl,
-                                        generalized_jsd,
-                                        reverse_kl,
-                                        skew_forward_kl,
-                                        skew_reverse_kl,
-                                        total_variation,
+    adaptive_kl,
+    akl_weights,
+    check_jsd_beta,
+    forward_kl,
+    generalized_jsd,
+    reverse_kl,
+    skew_forward_kl,
+    skew_reverse_kl,
+    total_variation,
 )
 
 # The registry a method config names by `method.divergence` (hyperparameters under `method.divergence_hp`).
