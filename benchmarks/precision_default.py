@@ -36,11 +36,11 @@ def main() -> None:
 
     from kdbench.data.datamodule import InstructionDataModule
     from kdbench.data.sources import load_rows
-    from kdbench.methods.build import make_module
-    from kdbench.methods.fit import fit, make_trainer
-    from kdbench.models.resolve import load_student, load_teacher
+    from kdbench.methods.registry import TrainingContext, method_of
     from kdbench.paths import conf_dir
     from kdbench.schema import register_configs
+    from kdbench.stages.models import load_student, load_teacher
+    from kdbench.training.fit import fit, make_trainer
 
     register_configs()
     with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
@@ -66,8 +66,11 @@ def main() -> None:
             tc.val_batches = 1
             dm = InstructionDataModule(train, val, student.tokenizer, tc.batch_size, cfg.seed,
                                        cfg.data.max_prompt_length, cfg.data.max_response_length)
-            module = make_module(cfg.method, student, teacher, tc.optim, args.steps, len(student.tokenizer),
-                                 cfg.seed, whitebox=cfg.method.alpha > 0)
+            context = TrainingContext(steps=args.steps, batch_size=tc.batch_size, micro_batch_size=None, optim=tc.optim,
+                                      vocab_size=len(student.tokenizer), seed=cfg.seed,
+                                      max_prompt_length=cfg.data.max_prompt_length, cache_dir=None,
+                                      show_progress=False)
+            module = method_of(cfg.method).build(student, teacher, context)
             torch.manual_seed(cfg.seed)
             trainer = make_trainer(tc, args.steps, progress=False)
             t0 = time.perf_counter()

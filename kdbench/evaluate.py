@@ -49,8 +49,8 @@ def _quote_path(arg: str) -> str:
 def load_evaluated(cfg, cache_dir: Path, teacher_tokenizer=None):
     """(Loaded, the kdbench run record or None): the model `student.path` names (a kdbench run folder's saved
     student, a save_pretrained folder or a hub id), else the student option built from its config."""
-    from kdbench.models.loading import count_parameters, load_pretrained, resolve_model_path
-    from kdbench.models.resolve import Loaded, load_student
+    from kdbench.models.loading import Loaded, count_parameters, load_pretrained, resolve_model_path
+    from kdbench.stages.models import load_student
 
     s = cfg.student
     if s.path:
@@ -64,8 +64,8 @@ def load_evaluated(cfg, cache_dir: Path, teacher_tokenizer=None):
 
 
 def run_eval(cfg: DictConfig) -> dict:
-    from kdbench.methods.interrupt import handle_signals
-    from kdbench.train import begin_run
+    from kdbench.runtime import begin_run
+    from kdbench.training.interrupt import handle_signals
 
     t_start = time.perf_counter()
     with handle_signals(), begin_run(cfg) as start:
@@ -73,8 +73,8 @@ def run_eval(cfg: DictConfig) -> dict:
 
 
 def _evaluate(cfg: DictConfig, start, t_start: float) -> dict:
-    from kdbench.models.resolve import load_teacher
     from kdbench.report.run_table import print_run_table
+    from kdbench.stages.models import load_teacher
     from kdbench.tracking.results import build_record, write_results
 
     run_dir, cell, resolved, cache_dir = start.run_dir, start.cell, start.resolved, start.cache_dir
@@ -126,22 +126,21 @@ def _evaluate(cfg: DictConfig, start, t_start: float) -> dict:
 
 @hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="evaluate")
 def _hydra_eval(cfg: DictConfig) -> None:
-    from kdbench.evaluation.judge import JudgeFailedError
-    from kdbench.methods.interrupt import RunInterrupted
-    from kdbench.train import RunFolderBusy, _user_errors, stop_on_signal
+    from kdbench.runtime import shown_as_message, stop_on_signal
+    from kdbench.training.interrupt import RunInterrupted
 
     try:
         run_eval(cfg)
-    except (*_user_errors(), RunFolderBusy, JudgeFailedError) as e:
+    except shown_as_message() as e:
         raise SystemExit(f"kdbench-eval: error: {e}") from None
     except RunInterrupted as e:
         raise stop_on_signal(e, "kdbench-eval") from None
 
 
 def cli() -> None:
-    from kdbench.train import _setup
+    from kdbench.runtime import setup
 
-    _setup()
+    setup()
     sys.argv = model_aliases(sys.argv)
     _hydra_eval()
 

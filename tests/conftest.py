@@ -118,9 +118,9 @@ def sft(model, tok, rows: dict, steps: int, seed: int = 0):
     from omegaconf import OmegaConf
 
     from kdbench.data.datamodule import InstructionDataModule
-    from kdbench.methods.fit import fit, make_trainer
     from kdbench.methods.offline import OfflineDistillation
     from kdbench.schema import MethodConfig
+    from kdbench.training.fit import fit, make_trainer
 
     dm = InstructionDataModule(rows["train"], rows["validation"], tok, 16, seed=seed)
     fit(OfflineDistillation(model, None, OmegaConf.structured(MethodConfig(name="sft")), trainer_cfg(steps).optim,

@@ -23,8 +23,8 @@ from hydra.core.global_hydra import GlobalHydra
 
 from kdbench.paths import conf_dir
 from kdbench.schema import register_configs
-from kdbench.tracking.atomic import atomic_write_json
-from kdbench.tracking.cache_entry import CHECKSUM_FIELD, MANIFEST_FILE, write_entry
+from kdbench.storage.atomic import atomic_write_json
+from kdbench.storage.cache_entry import CHECKSUM_FIELD, MANIFEST_FILE, write_entry
 
 MODES = ("truncated", "garbage", "wrong-checksum")
 
@@ -124,13 +124,13 @@ def _generate_counting(generator, calls: list):
     from omegaconf import OmegaConf
 
     from kdbench.generation.engine import generate
-    from kdbench.schema import GenerationConfig
+    from kdbench.generation.settings import GenerationSettings
 
     model, tok, prompts = generator
 
     def compute():
         calls.append(1)
-        return generate(model, tok, prompts, OmegaConf.structured(GenerationConfig(max_new_tokens=6)),
+        return generate(model, tok, prompts, OmegaConf.structured(GenerationSettings(max_new_tokens=6)),
                         max_prompt_length=64, show_progress=False)
     return compute
 
@@ -288,7 +288,7 @@ def stage_cfg():
 @pytest.fixture(scope="module")
 def pristine(stage_cfg, tmp_path_factory):
     """A cache filled once by the real stages (tokenizer, teacher, warm start): the fresh computations."""
-    from kdbench.models.resolve import load_student
+    from kdbench.stages.models import load_student
     from kdbench.stages.teacher import teacher_stage
     from kdbench.stages.tokenizer import embedded_tokenizer
     from kdbench.stages.warm_start import warm_started
@@ -362,7 +362,7 @@ def test_a_teacher_folder_from_the_previous_version_is_reused_until_it_is_damage
 
 @pytest.mark.parametrize("mode", MODES)
 def test_a_corrupt_warm_start_is_moved_aside_and_trained_again(stage_cfg, pristine, tmp_path, mode, caplog):
-    from kdbench.models.resolve import load_student
+    from kdbench.stages.models import load_student
     from kdbench.stages.warm_start import warm_started
 
     cache = _copy_cache(pristine, tmp_path)

@@ -30,7 +30,7 @@ def report(args, cwd: Path):
 @pytest.mark.slow
 def test_single_run_writes_results_and_wandb(tmp_path):
     cache = tmp_path / "cache"
-    # A resume checkpoint after every step (kdbench.methods.resume): none is left once the result is written.
+    # A resume checkpoint after every step (kdbench.training.resume): none is left once the result is written.
     args = [*TINY_RUN, "trainer.resume_every_minutes=0"]
     out = kdbench(args, tmp_path, cache)
     assert out.returncode == 0, out.stderr[-3000:]

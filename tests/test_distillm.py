@@ -13,9 +13,9 @@ from omegaconf import OmegaConf
 from kdbench.data.datamodule import InstructionDataModule, collate
 from kdbench.losses import skew_forward_kl
 from kdbench.methods.distillm import AdaptiveThreshold, DistiLLMDistillation, ReplayBuffer, _items_of, fresh_probability
-from kdbench.methods.fit import fit, make_trainer
 from kdbench.models.surgery import response_logits
-from kdbench.schema import DistiLLMConfig, MethodConfig
+from kdbench.schema import Decoding, DistiLLMConfig, MethodConfig
+from kdbench.training.fit import fit, make_trainer
 
 ROWS = small_splits()
 
@@ -58,7 +58,8 @@ def test_items_round_trip_through_a_collated_batch():
 def _distillm(**kw) -> object:
     return OmegaConf.structured(MethodConfig(name="distillm", kind="distillm", divergence="skew_forward_kl",
                                              divergence_hp={"alpha": 0.1}, alpha=1.0,
-                                             distillm=DistiLLMConfig(max_new_tokens=16, capacity=64, **kw)))
+                                             distillm=DistiLLMConfig(decoding=Decoding(max_new_tokens=16),
+                                                                     capacity=64, **kw)))
 
 
 def test_choice_follows_the_threshold(small_tokenizer):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
@@ -12,11 +13,21 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from kdbench.evaluation.exposure_bias import sample_continuations
 from kdbench.generation.cache import cached_generate, generation_key
-from kdbench.generation.engine import GenerationResult, generate
+from kdbench.generation.engine import (
+    GenerationResult,
+    cut_after_eos,
+    generate,
+    generate_batches,
+    generate_ids,
+    left_pad,
+)
+from kdbench.generation.mixed import mixed_sample
+from kdbench.generation.settings import GenerationSettings
 from kdbench.models.loading import build_from_arch
 from kdbench.models.tokenizer import train_bpe_tokenizer
-from kdbench.schema import ArchConfig, GenerationConfig
+from kdbench.schema import ArchConfig
 
 WORDS = ("the cat sat on a mat while dogs ran over green hills and birds sang songs in tall trees near rivers "
          "every morning before noon").split()
@@ -60,7 +71,7 @@ def model(tokenizer):
 
 
 def greedy(batch_size: int = 4, max_new_tokens: int = 8):
-    return OmegaConf.structured(GenerationConfig(batch_size=batch_size, max_new_tokens=max_new_tokens))
+    return OmegaConf.structured(GenerationSettings(batch_size=batch_size, max_new_tokens=max_new_tokens))
 
 
 def gen(model, tokenizer, prompts, settings, max_prompt_length: int = 128, **kw) -> GenerationResult:
@@ -186,7 +197,7 @@ def test_generation_stops_at_eos(tokenizer):
 
 def test_sampling_is_reproducible_with_a_seed(model, tokenizer):
     def sampled(seed):
-        s = OmegaConf.structured(GenerationConfig(do_sample=True, temperature=2.0, batch_size=2, max_new_tokens=8,
+        s = OmegaConf.structured(GenerationSettings(do_sample=True, temperature=2.0, batch_size=2, max_new_tokens=8,
                                                   seed=seed))
         return gen(model, tokenizer, PROMPTS, s).texts
 
@@ -207,6 +218,96 @@ def test_generate_restores_the_training_mode(model, tokenizer):
         model.eval()
     gen(model, tokenizer, PROMPTS[:2], greedy())
     assert not model.training
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# generate_batches: the one loop under generate_ids, mixed_sample and sample_continuations
+# ----------------------------------------------------------------------------------------------------------------
+
+def test_left_pad_right_aligns_every_prompt_with_a_mask():
+    ids, mask = left_pad([[5, 6, 7], [8], []], pad_id=1)
+    assert ids.tolist() == [[5, 6, 7], [1, 1, 8], [1, 1, 1]]
+    assert mask.tolist() == [[1, 1, 1], [0, 0, 1], [0, 0, 0]]
+
+
+def test_cut_after_eos_keeps_the_eos_and_strips_padding_only_without_one():
+    assert cut_after_eos([4, 1, 0, 1, 1], eos_id=0, pad_id=1) == [4, 1, 0]  # a pad before EOS is a sampled token
+    assert cut_after_eos([4, 1, 5], eos_id=0, pad_id=1) == [4, 5]
+    assert cut_after_eos([4, 1, 5], eos_id=0, pad_id=1, strip_padding=False) == [4, 1, 5]
+    assert cut_after_eos([4, 1, 5], eos_id=None, pad_id=1) == [4, 5]
+    assert cut_after_eos([4, 0, 5], eos_id=0, pad_id=0) == [4, 0]
+
+
+class RecordingDecode:
+    """A decode step that records the padded batches it gets and answers, for sample s of each prompt, the row
+    [last prompt token, 100 + s, EOS, 7] (7: what a row holds after its EOS, which the loop must cut)."""
+
+    def __init__(self, samples: int = 1, eos: int = 0):
+        self.batches, self.samples, self.eos = [], samples, eos
+
+    def __call__(self, input_ids, attention_mask, generator):
+        self.batches.append((input_ids.tolist(), attention_mask.tolist()))
+        return torch.tensor([[int(row[-1]), 100 + s, self.eos, 7] for row in input_ids for s in range(self.samples)])
+
+
+def test_generate_batches_sorts_by_length_and_returns_in_the_prompts_order():
+    net = torch.nn.Linear(1, 1)
+    net.train()
+    prompts = [[11, 12, 13], [21], [31, 32], [41, 42, 43, 44]]
+    decode = RecordingDecode(samples=2)
+    out = generate_batches([net], prompts, decode, pad_id=1, eos_id=0, batch_size=2, seed=0, samples_per_prompt=2,
+                           show_progress=False)
+    assert out == [[[p[-1], 100, 0], [p[-1], 101, 0]] for p in prompts]
+    assert [b[0] for b in decode.batches] == [[[1, 21], [31, 32]], [[1, 11, 12, 13], [41, 42, 43, 44]]]
+    assert decode.batches[1][1] == [[0, 1, 1, 1], [1, 1, 1, 1]]
+    assert net.training  # eval only while generating
+
+    unsorted = RecordingDecode()
+    out = generate_batches([net], prompts, unsorted, pad_id=1, eos_id=0, batch_size=2, seed=0, sort_by_length=False,
+                           show_progress=False)
+    assert [b[0] for b in unsorted.batches] == [[[11, 12, 13], [1, 1, 21]], [[1, 1, 31, 32], [41, 42, 43, 44]]]
+    assert out == [[[p[-1], 100, 0]] for p in prompts]
+
+
+def test_generate_batches_rejects_a_decode_with_the_wrong_row_count_and_restores_the_mode():
+    nets = [torch.nn.Linear(1, 1), torch.nn.Linear(1, 1)]
+    nets[0].train()
+    nets[1].eval()
+    with pytest.raises(ValueError, match=r"decode returned 2 rows for 2 prompts x samples_per_prompt=3"):
+        generate_batches(nets, [[5], [6]], RecordingDecode(samples=1), pad_id=1, eos_id=0, batch_size=2, seed=0,
+                         samples_per_prompt=3, show_progress=False)
+    assert [n.training for n in nets] == [True, False]
+    with pytest.raises(ValueError, match="batch_size=0"):
+        generate_batches(nets, [[5]], RecordingDecode(), pad_id=1, eos_id=0, batch_size=0, seed=0)
+
+
+def test_sample_continuations_is_the_engine_sampling_with_the_same_seed(model, tokenizer):
+    """Exposure bias samples through the same loop and seeding as the engine: with the engine set to pure
+    ancestral sampling the two give the same tokens (none is a pad here, which only the engine would drop)."""
+    ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in PROMPTS]
+    settings = GenerationSettings(do_sample=True, temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=8,
+                                batch_size=4, seed=5)
+    engine = generate_ids(model, ids, settings, tokenizer.pad_token_id, tokenizer.eos_token_id, show_progress=False)
+    samples = sample_continuations(model, tokenizer, ids, 1, 8, seed=5, batch_size=4)
+    assert [s[0] for s in samples] == engine
+    assert len({tuple(x) for x in engine}) == len(PROMPTS)
+    assert engine != generate_ids(model, ids, dataclasses.replace(settings, seed=6), tokenizer.pad_token_id,
+                                  tokenizer.eos_token_id, show_progress=False)
+
+
+def test_mixed_sample_near_zero_temperature_is_the_engine_greedy_decoding_row_for_row(model, tokenizer):
+    """The teacher-mixed sampler goes through the same left padding and EOS cut in the prompts' own row order: a
+    mixture of one model with itself at temperature ~0 is greedy decoding, so it must give the engine's greedy
+    continuations, prompt by prompt (the batch mixes 1- to 40-token prompts: padding matters)."""
+    ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in PROMPTS]
+    greedy_ids = generate_ids(model, ids, greedy(batch_size=len(ids), max_new_tokens=10), tokenizer.pad_token_id,
+                              tokenizer.eos_token_id, show_progress=False)
+    rng_before = torch.get_rng_state()
+    mixed = mixed_sample(model, model, ids, alpha=0.5, max_new_tokens=10, pad_id=tokenizer.pad_token_id,
+                         eos_id=tokenizer.eos_token_id, vocab_size=len(tokenizer), temperature=1e-6, seed=0)
+    assert torch.equal(torch.get_rng_state(), rng_before)  # its draws come from its own generator
+    assert mixed == greedy_ids
+    assert len({tuple(x) for x in mixed}) > 1
 
 
 # ----------------------------------------------------------------------------------------------------------------

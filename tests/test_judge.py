@@ -10,7 +10,6 @@ import email.utils
 import json
 import logging
 import os
-import random
 import re
 import socket
 import subprocess
@@ -29,12 +28,11 @@ from kdbench.evaluation.judge import (
     JudgeConfig,
     JudgeFailedError,
     JudgeReport,
+    JudgeRequestError,
     OpenAIChatBackend,
-    backoff_delay,
     judge_pairwise,
     judge_question,
     load_prompt,
-    parse_retry_after,
     parse_scores,
     render_messages,
 )
@@ -236,20 +234,6 @@ def test_prompt_is_the_pairwise_reviewer_prompt():
     assert judge_question("Summarize.", "  ") == "Summarize."
 
 
-def test_backoff_and_retry_after():
-    assert parse_retry_after("0") == 0.0
-    assert parse_retry_after(" 3 ") == 3.0
-    assert parse_retry_after(None) is None and parse_retry_after("soon") is None
-    later = email.utils.formatdate(time.time() + 20, usegmt=True)
-    assert 15 < parse_retry_after(later) <= 20
-    assert backoff_delay(3, 1.0, 5.0, retry_after=30.0) == 5.0  # a server's Retry-After, capped
-    assert backoff_delay(3, 1.0, 5.0, retry_after=0.0) == 0.0
-    rng = random.Random(0)
-    for attempt in range(6):
-        d = min(5.0, 2.0 ** attempt)
-        assert d / 2 <= backoff_delay(attempt, 1.0, 5.0, rng=rng) <= d
-
-
 def test_config_from_mapping_and_unknown_backend():
     cfg = JudgeConfig.from_mapping({"backend": "openai", "base_url": "http://x/v1", "model": "m"})
     assert cfg.base_url == "http://x/v1" and cfg.temperature == 0.0
@@ -352,6 +336,111 @@ def test_retry_after_is_honoured_but_capped(endpoint, monkeypatch):
     assert parse_scores(text) == (9.0, 6.0)
     assert sleeps == [0.02] and backend.http_attempts == 2
     assert KEY not in repr(backend)
+
+
+def backend_for(endpoint, sleeps: list[float], **kw) -> OpenAIChatBackend:
+    """A backend on the fake endpoint whose backoff records its waits instead of sleeping them."""
+    settings = {"max_retries": 3, "backoff_base_s": 1.0, "backoff_max_s": 5.0, "timeout_s": 1.0, **kw}
+    return OpenAIChatBackend(endpoint.url, "judge-test", KEY_ENV, sleep=sleeps.append, **settings)
+
+
+def in_20_s() -> str:
+    return email.utils.formatdate(time.time() + 20, usegmt=True)
+
+
+@pytest.mark.parametrize("retry_after, cap, low, high", [
+    ("0", 5.0, 0.0, 0.0),
+    (" 3 ", 5.0, 3.0, 3.0),
+    ("0.25", 5.0, 0.25, 0.25),
+    ("30", 5.0, 5.0, 5.0),  # a server's Retry-After, capped at backoff_max_s
+    (in_20_s, 60.0, 15.0, 20.0),  # an HTTP date, 20 s ahead
+    (in_20_s, 5.0, 5.0, 5.0),
+    ("soon", 5.0, 0.5, 1.0),  # invalid: the first exponential wait, base 1 s with equal jitter
+    (None, 5.0, 0.5, 1.0),  # absent: the same
+])
+def test_retry_after_is_the_wait_of_a_429(endpoint, monkeypatch, retry_after, cap, low, high):
+    monkeypatch.setenv(KEY_ENV, KEY)
+    header = retry_after() if callable(retry_after) else retry_after
+    endpoint.script = lambda item, order, seen: (
+        (429, "{}", {} if header is None else {"Retry-After": header}) if seen == 0
+        else clean_scores(item, order, seen))
+    sleeps: list[float] = []
+    with backend_for(endpoint, sleeps, backoff_max_s=cap) as backend:
+        assert parse_scores(backend.complete(render_messages("q", "REF-0: a", "CAND-0: b"))) == (9.0, 6.0)
+    assert len(sleeps) == 1 and low <= sleeps[0] <= high, sleeps
+    assert backend.http_attempts == 2 and endpoint.count(0, REFERENCE_FIRST) == 2
+
+
+def test_5xx_backs_off_exponentially_with_jitter_then_answers(endpoint, monkeypatch):
+    monkeypatch.setenv(KEY_ENV, KEY)
+    endpoint.script = lambda item, order, seen: (
+        (500, '{"error": "internal"}', {}) if seen < 4 else clean_scores(item, order, seen))
+    sleeps: list[float] = []
+    with backend_for(endpoint, sleeps, max_retries=4) as backend:
+        assert parse_scores(backend.complete(render_messages("q", "REF-1: a", "CAND-1: b"))) == (8.0, 7.0)
+    assert backend.http_attempts == 5
+    # Retry k waits between half and all of min(backoff_max_s, backoff_base_s * 2**k): 1, 2, 4, then capped at 5.
+    full = [1.0, 2.0, 4.0, 5.0]
+    assert len(sleeps) == 4 and all(d / 2 <= s <= d for s, d in zip(sleeps, full)), sleeps
+    assert any(s != d / 2 for s, d in zip(sleeps, full))  # the jitter: not the fixed half alone
+
+
+def test_retries_run_out_naming_the_last_failure(endpoint, monkeypatch):
+    monkeypatch.setenv(KEY_ENV, KEY)
+    endpoint.script = lambda item, order, seen: (503, '{"error": "overloaded for {auth}"}', {"Retry-After": "1"})
+    sleeps: list[float] = []
+    with backend_for(endpoint, sleeps, max_retries=2) as backend, pytest.raises(JudgeRequestError) as failure:
+        backend.complete(render_messages("q", "REF-0: a", "CAND-0: b"))
+    assert (failure.value.kind, failure.value.status) == ("HTTP 503", 503)
+    assert str(failure.value) == (f"HTTP 503 after 3 attempt(s) to {endpoint.url}/chat/completions: "
+                                  '{"error": "overloaded for Bearer ***"}')
+    assert sleeps == [1.0, 1.0] and backend.http_attempts == 3 and endpoint.count() == 3
+
+
+@pytest.mark.parametrize("status, retried", [
+    (408, True), (429, True), (500, True), (502, True), (503, True),
+    (400, False), (401, False), (403, False), (404, False), (422, False),
+])
+def test_which_statuses_are_retried(endpoint, monkeypatch, status, retried):
+    monkeypatch.setenv(KEY_ENV, KEY)
+    endpoint.script = lambda item, order, seen: (
+        (status, '{"error": "refused {auth}"}', {}) if seen == 0 else clean_scores(item, order, seen))
+    sleeps: list[float] = []
+    with backend_for(endpoint, sleeps, backoff_base_s=0.01, backoff_max_s=0.02) as backend:
+        messages = render_messages("q", "REF-0: a", "CAND-0: b")
+        if retried:
+            assert parse_scores(backend.complete(messages)) == (9.0, 6.0)
+            assert backend.http_attempts == 2 and len(sleeps) == 1
+            return
+        with pytest.raises(JudgeRequestError) as failure:
+            backend.complete(messages)
+    # Not retried: one request, no wait, the server's echo of the credentials scrubbed from the message.
+    assert backend.http_attempts == 1 and sleeps == [] and endpoint.count() == 1
+    assert (failure.value.kind, failure.value.status) == (f"HTTP {status}", status)
+    assert str(failure.value) == (f"HTTP {status} from {endpoint.url}/chat/completions: "
+                                  '{"error": "refused Bearer ***"}')
+    assert KEY not in str(failure.value) and KEY not in repr(failure.value)
+
+
+def test_timeouts_are_retried_then_fail_as_timeout(endpoint, monkeypatch):
+    monkeypatch.setenv(KEY_ENV, KEY)
+    endpoint.script = lambda item, order, seen: (*clean_scores(item, order, seen), 1.0)
+    sleeps: list[float] = []
+    with backend_for(endpoint, sleeps, max_retries=1, timeout_s=0.2, backoff_base_s=0.01) as backend:
+        with pytest.raises(JudgeRequestError) as failure:
+            backend.complete(render_messages("q", "REF-0: a", "CAND-0: b"))
+    assert failure.value.kind == "timeout" and failure.value.status is None
+    assert str(failure.value) == f"timeout after 2 attempt(s) to {endpoint.url}/chat/completions"
+    assert backend.http_attempts == 2 and len(sleeps) == 1
+
+
+def test_unset_key_fails_before_any_request(endpoint, monkeypatch):
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    sleeps: list[float] = []
+    with backend_for(endpoint, sleeps) as backend, pytest.raises(JudgeRequestError) as failure:
+        backend.complete(render_messages("q", "REF-0: a", "CAND-0: b"))
+    assert failure.value.kind == "no key" and str(failure.value) == f"environment variable {KEY_ENV} is unset or empty"
+    assert backend.http_attempts == 0 and endpoint.requests == [] and sleeps == []
 
 
 def test_unreachable_endpoint_counts_failures(tmp_path, monkeypatch, caplog):

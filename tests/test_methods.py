@@ -10,10 +10,10 @@ from omegaconf import OmegaConf
 
 from kdbench.data.datamodule import InstructionDataModule
 from kdbench.losses import forward_kl
-from kdbench.methods.fit import fit, make_trainer
 from kdbench.methods.offline import OfflineDistillation
 from kdbench.models.loading import freeze
 from kdbench.schema import MethodConfig
+from kdbench.training.fit import fit, make_trainer
 
 ROWS = small_splits()
 

@@ -14,7 +14,6 @@ from omegaconf import OmegaConf
 from kdbench.data.datamodule import InstructionDataModule
 from kdbench.data.template import render_prompt
 from kdbench.generation.mixed import mixed_sample
-from kdbench.methods.fit import fit, make_trainer
 from kdbench.methods.minillm import (
     MiniLLMDistillation,
     advantages,
@@ -26,7 +25,8 @@ from kdbench.methods.minillm import (
     to_grid,
     tokens_left,
 )
-from kdbench.schema import MethodConfig, MiniLLMConfig
+from kdbench.schema import Decoding, MethodConfig, MiniLLMConfig
+from kdbench.training.fit import fit, make_trainer
 
 ROWS = small_splits()
 
@@ -104,7 +104,7 @@ def test_teacher_mixed_sampling_with_alpha_one_ignores_the_student(small_tokeniz
 
 def test_rollout_weights_are_one_without_mixing(small_tokenizer, small_teacher):
     prompts = _prompts(small_tokenizer, ROWS["validation"][:4])
-    cfg = MiniLLMConfig(teacher_mixed_alpha=0.0, max_new_tokens=8)
+    cfg = MiniLLMConfig(teacher_mixed_alpha=0.0, decoding=Decoding(max_new_tokens=8))
     tok = small_tokenizer
     ro = collect_rollout(tiny_model(tok, 0), small_teacher, prompts, cfg, len(tok), tok.pad_token_id, tok.eos_token_id,
                          seed=0)
@@ -115,7 +115,7 @@ def test_rollout_weights_are_one_without_mixing(small_tokenizer, small_teacher):
 def _own_sample_reverse_kl(student, teacher, tok) -> float:
     """Held out: the sequence-level reverse KL estimate, mean over the student's own samples (alpha 0) for the
     validation prompts of log q(y_t) - log p(y_t)."""
-    cfg = MiniLLMConfig(teacher_mixed_alpha=0.0, max_new_tokens=24)
+    cfg = MiniLLMConfig(teacher_mixed_alpha=0.0, decoding=Decoding(max_new_tokens=24))
     ro = collect_rollout(student, teacher, _prompts(tok, ROWS["validation"]), cfg, len(tok), tok.pad_token_id,
                          tok.eos_token_id, seed=11)
     return ro.reverse_kl
@@ -127,7 +127,7 @@ def test_minillm_lowers_the_reverse_kl_of_its_own_samples(small_tokenizer, small
     before = _own_sample_reverse_kl(warm, small_teacher, small_tokenizer)
     student = copy.deepcopy(warm)
     method = OmegaConf.structured(MethodConfig(name="minillm", kind="minillm", divergence="forward_kl", alpha=0.5,
-                                               minillm=MiniLLMConfig(max_new_tokens=24)))
+                                               minillm=MiniLLMConfig(decoding=Decoding(max_new_tokens=24))))
     tok = small_tokenizer
     module = MiniLLMDistillation(student, small_teacher, method, trainer_cfg(32, lr=3e-3).optim, 32, len(tok),
                                  tok.pad_token_id, tok.eos_token_id, seed=0)
@@ -143,7 +143,7 @@ def test_micro_batches_leave_a_minillm_step_unchanged(small_tokenizer, small_tea
     model); the step's update must be the one of the whole batch."""
     tok = small_tokenizer
     method = OmegaConf.structured(MethodConfig(name="minillm", kind="minillm", divergence="forward_kl", alpha=0.5,
-                                               minillm=MiniLLMConfig(max_new_tokens=16)))
+                                               minillm=MiniLLMConfig(decoding=Decoding(max_new_tokens=16))))
     start = tiny_model(tok, seed=0)
     after = {}
     for micro in (None, 3):

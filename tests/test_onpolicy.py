@@ -11,11 +11,12 @@ from omegaconf import OmegaConf
 
 from kdbench.data.datamodule import IGNORE, InstructionDataModule, collate
 from kdbench.data.template import render_prompt
+from kdbench.generation.settings import generation_settings
 from kdbench.losses import generalized_jsd
-from kdbench.methods.fit import fit, make_trainer
 from kdbench.methods.onpolicy import OnPolicyDistillation, prompts_of_batch, student_batch
 from kdbench.models.surgery import response_logits
-from kdbench.schema import MethodConfig, OnPolicyConfig, sampling_settings
+from kdbench.schema import Decoding, MethodConfig, OnPolicyConfig
+from kdbench.training.fit import fit, make_trainer
 
 ROWS = small_splits()
 
@@ -23,7 +24,8 @@ ROWS = small_splits()
 def _gkd(lmbda: float) -> object:
     return OmegaConf.structured(MethodConfig(name="gkd", kind="onpolicy", divergence="generalized_jsd",
                                              divergence_hp={"beta": 0.5}, alpha=1.0,
-                                             onpolicy=OnPolicyConfig(lmbda=lmbda, max_new_tokens=24)))
+                                             onpolicy=OnPolicyConfig(lmbda=lmbda,
+                                                                     decoding=Decoding(max_new_tokens=24))))
 
 
 def test_prompts_of_batch_recovers_each_rows_prompt():
@@ -36,7 +38,7 @@ def test_student_batch_puts_the_samples_after_the_prompts(small_tokenizer):
     tok = small_tokenizer
     student = tiny_model(tok, seed=0)
     prompts = [tok(render_prompt(r["instruction"], r["input"]))["input_ids"] for r in ROWS["validation"][:6]]
-    settings = sampling_settings(OnPolicyConfig(max_new_tokens=12), batch_size=4, seed=3)
+    settings = generation_settings(Decoding(max_new_tokens=12), do_sample=True, batch_size=4, seed=3)
     batch, n_new = student_batch(student, prompts, settings, tok.pad_token_id, tok.eos_token_id)
     assert n_new > 0
     assert prompts_of_batch(batch) == prompts  # the prompts are untouched, the responses are the labels
@@ -54,7 +56,7 @@ def _jsd_on_own_samples(student, teacher, tok) -> float:
     """GKD's objective, held out: the generalized JSD to the teacher at the positions of the student's own samples
     (fixed seed) for the validation prompts."""
     prompts = [tok(render_prompt(r["instruction"], r["input"]))["input_ids"] for r in ROWS["validation"]]
-    settings = sampling_settings(OnPolicyConfig(max_new_tokens=24), batch_size=32, seed=5)
+    settings = generation_settings(Decoding(max_new_tokens=24), do_sample=True, batch_size=32, seed=5)
     batch, _ = student_batch(student, prompts, settings, tok.pad_token_id, tok.eos_token_id)
     with torch.no_grad():
         s, _ = response_logits(student, batch, len(tok))

@@ -12,12 +12,12 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
 from kdbench.data.datamodule import InstructionDataModule
-from kdbench.methods.build import make_module
-from kdbench.methods.fit import fit, make_trainer
-from kdbench.methods.resume import RUN_FILE, ResumeCheckpoint, run_resume_file, training_config
-from kdbench.methods.selection import SelectCheckpoint
-from kdbench.models.resolve import Loaded
+from kdbench.methods.registry import TrainingContext, method_of
+from kdbench.models.loading import Loaded
 from kdbench.schema import register_configs
+from kdbench.training.fit import fit, make_trainer
+from kdbench.training.resume import RUN_FILE, ResumeCheckpoint, run_resume_file, training_config
+from kdbench.training.selection import SelectCheckpoint
 
 ROWS = small_splits()
 STEPS, CRASH_AT = 8, 5
@@ -28,10 +28,10 @@ STEPS, CRASH_AT = 8, 5
 METHOD_OVERRIDES = {
     "sft": [],
     "kd": [],
-    "gkd": ["method.onpolicy.max_new_tokens=12"],
-    "distillm": ["method.distillm.max_new_tokens=12", "method.distillm.init_threshold=0.6",
+    "gkd": ["method.onpolicy.decoding.max_new_tokens=12"],
+    "distillm": ["method.distillm.decoding.max_new_tokens=12", "method.distillm.init_threshold=0.6",
                  "method.distillm.capacity=16"],
-    "minillm": ["method.minillm.max_new_tokens=12"],
+    "minillm": ["method.minillm.decoding.max_new_tokens=12"],
 }
 
 
@@ -52,9 +52,10 @@ def _train(name, tok, teacher, resume_path=None, crash_at=None, val_every=None):
     student = Loaded(tiny_model(tok, seed=3), tok, "tiny", 0, "")
     cfg = trainer_cfg(STEPS, val_every=val_every)
     cfg.resume_every_minutes = 0  # after every step
-    whitebox = name != "sft"
-    module = make_module(method, student, Loaded(teacher, tok, "teacher", 0, "") if whitebox else None, cfg.optim,
-                         STEPS, len(tok), seed=0, whitebox=whitebox)
+    kind = method_of(method)
+    context = TrainingContext(steps=STEPS, batch_size=16, micro_batch_size=None, optim=cfg.optim, vocab_size=len(tok),
+                              seed=0, max_prompt_length=256, cache_dir=None, show_progress=False)
+    module = kind.build(student, Loaded(teacher, tok, "teacher", 0, "") if kind.needs_teacher else None, context)
     dm = InstructionDataModule(ROWS["train"], ROWS["validation"], tok, 16, seed=0)
     select = SelectCheckpoint(ROWS["validation"][:8], tok, "best_rouge_l", 8, 256)
     trainer = make_trainer(cfg, STEPS, callbacks=[select], resume_path=resume_path)

@@ -10,12 +10,12 @@ from omegaconf import OmegaConf
 from kdbench.data.datamodule import InstructionDataModule
 from kdbench.data.embedded import SplitSizes, generate_splits
 from kdbench.data.template import render_prompt
-from kdbench.methods.fit import fit, make_trainer
 from kdbench.methods.offline import OfflineDistillation
-from kdbench.methods.selection import SelectCheckpoint
 from kdbench.models.loading import build_from_arch
 from kdbench.models.tokenizer import train_bpe_tokenizer
 from kdbench.schema import ArchConfig, MethodConfig, TrainerConfig
+from kdbench.training.fit import fit, make_trainer
+from kdbench.training.selection import SelectCheckpoint
 
 ROWS = generate_splits(sizes=SplitSizes(train=200, validation=16, test=8))
 

@@ -15,12 +15,12 @@ from conftest import TINY_RUN, small_splits, tiny_model, trainer_cfg
 from omegaconf import OmegaConf
 
 from kdbench.data.datamodule import InstructionDataModule
-from kdbench.methods.fit import fit, make_trainer
 from kdbench.methods.offline import OfflineDistillation
 from kdbench.methods.seqkd import prompts_needed, teacher_answers
 from kdbench.models.surgery import response_logits
 from kdbench.models.tokenizer import train_bpe_tokenizer
-from kdbench.schema import MethodConfig, SeqKDConfig
+from kdbench.schema import Decoding, MethodConfig, SeqKDConfig
+from kdbench.training.fit import fit, make_trainer
 
 ROWS = small_splits()
 
@@ -56,7 +56,7 @@ def test_prompts_needed_follows_the_step_budget():
 
 def test_teacher_answers_replace_the_outputs_and_come_back_from_the_cache(teacher, tmp_path):
     rows = ROWS["train"][:24]
-    cfg = SeqKDConfig(max_new_tokens=24, batch_size=8)
+    cfg = SeqKDConfig(decoding=Decoding(max_new_tokens=24), batch_size=8)
     first = teacher_answers(rows, teacher, cfg, 256, str(tmp_path), show_progress=False)
     assert not first.cache_hit and first.generated_tokens > 0 and first.n_prompts == 24
     assert len(first.rows) == 24 - first.n_empty
@@ -71,7 +71,8 @@ def test_teacher_answers_replace_the_outputs_and_come_back_from_the_cache(teache
     assert second.cache_hit and second.seconds == 0.0
     assert [r["output"] for r in second.rows] == [r["output"] for r in first.rows]
     # Another decoding setting is another entry.
-    other = teacher_answers(rows, teacher, SeqKDConfig(max_new_tokens=8, batch_size=8), 256, str(tmp_path),
+    other = teacher_answers(rows, teacher, SeqKDConfig(decoding=Decoding(max_new_tokens=8), batch_size=8), 256,
+                            str(tmp_path),
                             show_progress=False)
     assert not other.cache_hit
 
@@ -80,7 +81,7 @@ def test_seqkd_moves_the_student_toward_the_teacher(teacher, small_tokenizer, tm
     """Held out = the teacher's own answers to the validation prompts: where SeqKD's objective lives (a 40-step
     teacher's greedy answers are far from the gold ones). Token-level forward KL is the wrong yardstick here: on
     hard targets the student grows surer than a high-entropy teacher, and that KL can rise while it imitates."""
-    cfg_q = SeqKDConfig(max_new_tokens=64)
+    cfg_q = SeqKDConfig(decoding=Decoding(max_new_tokens=64))
     data = teacher_answers(ROWS["train"], teacher, cfg_q, 256, None, show_progress=False)
     held_out = teacher_answers(ROWS["validation"], teacher, cfg_q, 256, None, show_progress=False)
     torch.manual_seed(0)
@@ -106,7 +107,7 @@ def test_seqkd_cli_with_a_student_tokenizer_unlike_the_teachers(tmp_path):
     env = {**os.environ, "KDBENCH_CACHE": str(tmp_path / "cache"), "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1"}
     # The smoke teacher after 4 steps answers every prompt with EOS at once (seqkd then stops, saying so): 200
     # steps give it something to say.
-    args = ["method=seqkd", f"student.tokenizer={folder}", "logger=none", "method.seqkd.max_new_tokens=16",
+    args = ["method=seqkd", f"student.tokenizer={folder}", "logger=none", "method.seqkd.decoding.max_new_tokens=16",
             *TINY_RUN, "teacher.finetune.max_steps=200", "teacher.finetune.batch_size=16",
             "teacher.finetune.optim.lr=0.01"]
 

@@ -60,7 +60,7 @@ def test_an_interrupted_stage_resumes_to_the_same_teacher(tmp_path, monkeypatch)
     import pytest
     from conftest import CountSteps, Crash, CrashAt
 
-    from kdbench.methods import fit as fit_module
+    from kdbench.training import fit as fit_module
 
     cfg = _cfg(["trainer.resume_every_minutes=0"])  # a resume checkpoint after every step
     tok = embedded_tokenizer(cfg.data.embedded, tmp_path)

@@ -15,7 +15,7 @@ from conftest import TINY_RUN
 def _run(tmp_path, *args):
     env = {**os.environ, "KDBENCH_CACHE": str(tmp_path / "cache"), "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1"}
     return subprocess.run([sys.executable, "-c", "from kdbench.train import cli; cli()", "logger=none",
-                           "method.onpolicy.max_new_tokens=8", *TINY_RUN, *args], cwd=tmp_path, env=env,
+                           "method.onpolicy.decoding.max_new_tokens=8", *TINY_RUN, *args], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=600)
 
 

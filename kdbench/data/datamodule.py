@@ -120,7 +120,7 @@ class InstructionDataModule(L.LightningDataModule):
         self.val_set = EncodedDataset(val_rows, tokenizer, max_prompt_length, max_response_length)
         self._skip = 0
 
-    # The data position for a resume checkpoint (kdbench.methods.resume): every method takes one training batch
+    # The data position for a resume checkpoint (kdbench.training.resume): every method takes one training batch
     # per optimizer step, so the batches consumed are the steps taken.
     def state_dict(self) -> dict:
         return {"train_batches": int(self.trainer.global_step) if self.trainer is not None else 0}

@@ -44,6 +44,7 @@ import torch
 from kdbench.data.template import left_truncate
 from kdbench.evaluation.agreement import response_divergences, shared_vocab_size
 from kdbench.evaluation.long_text import eval_mode, length_batches, model_device, pad_id_of
+from kdbench.generation.engine import generate_batches, model_generate
 
 AVERAGES = ("sequence", "alive")
 
@@ -104,41 +105,24 @@ def sample_continuations(model, tokenizer, prompt_ids: list[list[int]], samples_
     """[prompt][sample] -> generated token ids, cut after the first EOS (kept) or at max_new_tokens.
 
     Pure ancestral sampling through `model.generate` (temperature 1, top_p 1, top_k 0, no repetition penalty,
-    whatever the model's generation_config says), prompts left-padded with an attention mask, sorted by length,
-    `batch_size` prompts per call with num_return_sequences = samples_per_prompt. Seeded from `seed` as the
-    generation engine is (one torch seed per batch drawn from a CPU generator) but inside torch.random.fork_rng,
-    so the caller's RNG state is left untouched. Token ids, not text: the engine decodes to strings, and a
-    decode/encode round trip would not give back the sampled tokens.
+    whatever the model's generation_config says) in the generation engine's loop (`generate_batches`: prompts
+    left-padded with an attention mask, sorted by length, `batch_size` prompts per call) with
+    num_return_sequences = samples_per_prompt. Seeded from `seed` as the engine is (one torch seed per batch drawn
+    from a CPU generator) but inside torch.random.fork_rng, so the caller's RNG state is left untouched. Token
+    ids, not text: the engine decodes to strings, and a decode/encode round trip would not give back the sampled
+    tokens.
     """
     eos, pad = tokenizer.eos_token_id, pad_id_of(tokenizer)
     device = model_device(model)
-    order = sorted(range(len(prompt_ids)), key=lambda i: len(prompt_ids[i]))
-    out: list[list[list[int]]] = [[] for _ in prompt_ids]
-    gen = torch.Generator(device="cpu").manual_seed(seed)
     kwargs = {"do_sample": True, "temperature": 1.0, "top_p": 1.0, "top_k": 0, "typical_p": 1.0,
               "repetition_penalty": 1.0, "no_repeat_ngram_size": 0, "num_beams": 1, "max_new_tokens": max_new_tokens,
               "min_new_tokens": 0, "num_return_sequences": samples_per_prompt, "pad_token_id": pad,
               "eos_token_id": eos}
-    with eval_mode(model), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        for start in range(0, len(order), batch_size):
-            batch = order[start:start + batch_size]
-            width = max(len(prompt_ids[i]) for i in batch)
-            input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
-            attention = torch.zeros((len(batch), width), dtype=torch.long)
-            for j, i in enumerate(batch):
-                n = len(prompt_ids[i])
-                input_ids[j, width - n:] = torch.tensor(prompt_ids[i], dtype=torch.long)
-                attention[j, width - n:] = 1
-            torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
-            seqs = model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device), **kwargs)
-            seqs = seqs[:, width:].tolist()
-            for j, i in enumerate(batch):
-                for s in range(samples_per_prompt):
-                    ids = seqs[j * samples_per_prompt + s][:max_new_tokens]
-                    if eos is not None and eos in ids:
-                        ids = ids[:ids.index(eos) + 1]
-                    out[i].append(ids)
-    return out
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        # Padding is kept (strip_padding=False): a sampled pad id is a token the divergences must score.
+        return generate_batches([model], prompt_ids, model_generate(model, **kwargs), pad_id=pad, eos_id=eos,
+                                batch_size=batch_size, seed=seed, samples_per_prompt=samples_per_prompt,
+                                strip_padding=False, show_progress=False)
 
 
 @torch.no_grad()

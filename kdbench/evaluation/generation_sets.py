@@ -22,7 +22,8 @@ from kdbench.evaluation.long_text import distinct_n, lm_loss, repetition_rate, r
 from kdbench.evaluation.metrics import PER_ITEM
 from kdbench.generation.cache import cached_generate
 from kdbench.generation.engine import GenerationResult, generate
-from kdbench.schema import GenerationConfig, parse_length_buckets
+from kdbench.generation.settings import GenerationSettings, generation_settings
+from kdbench.schema import parse_length_buckets
 
 log = logging.getLogger(__name__)
 
@@ -69,20 +70,21 @@ def max_new_tokens(own: int, eval_cfg) -> int:
     return effective_limit(own, eval_cfg.max_new_tokens)
 
 
-def greedy_settings(eval_cfg, new_tokens: int) -> GenerationConfig:
-    gen = GenerationConfig(**_plain(eval_cfg.generation))
-    gen.max_new_tokens = new_tokens
-    return gen
+def greedy_settings(eval_cfg, new_tokens: int) -> GenerationSettings:
+    """A set's generation pass: eval.generation (greedy unless it says do_sample) with the set's token cap."""
+    g = eval_cfg.generation
+    return generation_settings(g.decoding, do_sample=g.do_sample, batch_size=g.batch_size, seed=g.seed,
+                               max_new_tokens=new_tokens)
 
 
-def sampling_settings(eval_cfg, seed: int) -> GenerationConfig:
+def seeded_sampling_settings(eval_cfg, seed: int) -> GenerationSettings:
+    """One seed of the sampling profile: pure sampling with eval.sampling.decoding."""
     sp = eval_cfg.sampling
-    return GenerationConfig(do_sample=True, temperature=sp.temperature, top_p=sp.top_p, top_k=sp.top_k,
-                            max_new_tokens=max_new_tokens(sp.max_new_tokens, eval_cfg),
-                            batch_size=eval_cfg.generation.batch_size, seed=int(seed))
+    return generation_settings(sp.decoding, do_sample=True, batch_size=eval_cfg.generation.batch_size,
+                               seed=int(seed), max_new_tokens=max_new_tokens(sp.decoding.max_new_tokens, eval_cfg))
 
 
-def run_generation(model, tokenizer, prompts: list[str], settings: GenerationConfig, max_prompt_length: int,
+def run_generation(model, tokenizer, prompts: list[str], settings: GenerationSettings, max_prompt_length: int,
                    description: str, cache_dir: str | None, fingerprint: str | None,
                    show_progress: bool) -> GenerationResult:
     """The engine's generations; with a fingerprint and a cache_dir (the teacher) through the content-keyed cache,
@@ -161,7 +163,7 @@ def evaluate_sampled(name: str, rows: list[dict], set_cfg, eval_cfg, model, toke
     per_seed: dict[str, list[float]] = defaultdict(list)
     new_tokens = 0
     for seed in eval_cfg.sampling.seeds:
-        settings = sampling_settings(eval_cfg, seed)
+        settings = seeded_sampling_settings(eval_cfg, seed)
         result = run_generation(model, tokenizer, prompts, settings, eval_cfg.max_prompt_length,
                                 f"{role} on {name}, sampled (seed {seed})", cache_dir, fingerprint, show_progress)
         new_tokens += result.new_tokens

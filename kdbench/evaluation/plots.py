@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from kdbench.tracking.atomic import atomic_write_by
+from kdbench.storage.atomic import atomic_write_by
 
 ROLE_COLORS = {"student": "#1f77b4", "teacher": "#ff7f0e"}
 

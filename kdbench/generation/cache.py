@@ -1,7 +1,7 @@
 """A content-keyed cache of generations (teacher outputs): the key is a hash of the model's fingerprint, the
 prompts and every generation setting, so a hit is exactly what generating again would give. Entries are written
 atomically with a checksum and computed under a file lock, so two sweep workers never compute or write the same
-entry twice; a corrupt entry is moved aside under that lock and computed again (kdbench.tracking.cache_entry)."""
+entry twice; a corrupt entry is moved aside under that lock and computed again (kdbench.storage.cache_entry)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from kdbench.generation.engine import GenerationResult
-from kdbench.tracking.cache_entry import lock_for, read_or_quarantine, require, write_entry
+from kdbench.storage.cache_entry import lock_for, read_or_quarantine, require, write_entry
 
 log = logging.getLogger(__name__)
 

@@ -25,9 +25,11 @@ import random
 from collections import deque
 
 from kdbench.data.datamodule import collate
+from kdbench.generation.settings import generation_settings
 from kdbench.methods.offline import OfflineDistillation
 from kdbench.methods.onpolicy import prompts_of_batch, step_seed, student_batch
-from kdbench.schema import sampling_settings
+from kdbench.methods.registry import Method, TrainingContext, register
+from kdbench.schema import check, check_decoding
 
 SCHEDULES = ("decreasing", "increasing", "constant")
 
@@ -113,7 +115,8 @@ class DistiLLMDistillation(OfflineDistillation):
         out = []
         for k, part in enumerate(parts):
             prompts = prompts_of_batch(part)
-            settings = sampling_settings(d, len(prompts), step_seed(self.seed, step, k))
+            settings = generation_settings(d.decoding, do_sample=True, batch_size=len(prompts),
+                                           seed=step_seed(self.seed, step, k))
             batch, n_new = student_batch(self.student, prompts, settings, self.pad_id, self.eos_id)
             self.generated_tokens += n_new
             self.buffer.add(_items_of(batch))
@@ -175,3 +178,28 @@ def _items_of(batch: dict) -> list[dict]:
     """A collated batch back into (prompt ids, response ids) items for the replay buffer."""
     return [{"prompt_ids": p, "response_ids": ids[len(p):int(mask.sum())].tolist()}
             for p, ids, mask in zip(prompts_of_batch(batch), batch["input_ids"], batch["attention_mask"])]
+
+
+@register
+class DistiLLM(Method):
+    """`method.kind: distillm`: the divergence on student samples (fresh or replayed) as often as validation asks."""
+
+    kind = "distillm"
+    samples_student = True
+
+    def validate_block(self) -> None:
+        self.requires_divergence()
+        d = self.cfg.distillm
+        check(0.0 <= d.init_threshold <= 1.0, "method.distillm.init_threshold", d.init_threshold,
+              "must lie in [0, 1]")
+        check(d.capacity > 0, "method.distillm.capacity", d.capacity, "must be > 0")
+        check_decoding(d.decoding, "method.distillm.decoding")
+
+    def build(self, student, teacher, context: TrainingContext):
+        return self.sampling_module(DistiLLMDistillation, student, teacher, context)
+
+    def cost(self, module) -> dict:
+        # Fresh samples, replayed samples, data; and the adaptive probability where training ended.
+        return {"student_generated_tokens": module.generated_tokens,
+                **{f"{k}_steps": v for k, v in module.counts.items()},
+                "final_student_data_probability": module.threshold.value}

@@ -44,7 +44,9 @@ from kdbench.generation.mixed import mixed_sample
 from kdbench.losses import chunked_divergence
 from kdbench.methods.offline import OfflineDistillation, chunk_rows
 from kdbench.methods.onpolicy import prompts_of_batch
+from kdbench.methods.registry import Method, TrainingContext, register
 from kdbench.models.surgery import base_and_head, response_hidden
+from kdbench.schema import check, check_decoding
 
 # ------------------------------------------------------------------------------------------------- arithmetic
 
@@ -137,8 +139,8 @@ def from_grid(grid: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
 def collect_rollout(student, teacher, prompts: list[list[int]], cfg, vocab_size: int, pad_id: int, eos_id: int,
                     seed: int) -> Rollout:
     responses = mixed_sample(student, teacher, prompts, alpha=cfg.teacher_mixed_alpha,
-                             max_new_tokens=cfg.max_new_tokens, pad_id=pad_id, eos_id=eos_id,
-                             vocab_size=vocab_size, temperature=cfg.temperature, seed=seed)
+                             max_new_tokens=cfg.decoding.max_new_tokens, pad_id=pad_id, eos_id=eos_id,
+                             vocab_size=vocab_size, temperature=cfg.decoding.temperature, seed=seed)
     batch = collate([{"prompt_ids": p, "response_ids": r or [eos_id]} for p, r in zip(prompts, responses)], pad_id)
     was = student.training
     student.eval()
@@ -240,3 +242,31 @@ class MiniLLMDistillation(OfflineDistillation):
         logs["train/tokens_per_s"] = self._tokens_per_s()
         self.log_dict(logs, on_step=True, on_epoch=False, batch_size=sum(p["input_ids"].shape[0] for p in parts))
         self.log("loss", logs["train/loss"], prog_bar=True, on_step=True, logger=False)
+
+
+@register
+class MiniLLM(Method):
+    """`method.kind: minillm`: reverse-KL policy gradient on teacher-mixed samples plus a pretraining term."""
+
+    kind = "minillm"
+    samples_student = True
+
+    def validate_block(self) -> None:
+        m, q = self.cfg, self.cfg.minillm
+        check(m.divergence in (None, "forward_kl"), "method.divergence", m.divergence,
+              "minillm's pretraining term mixes CE with forward_kl (method.alpha is its kd_ratio)")
+        check(0.0 <= q.teacher_mixed_alpha < 1.0, "method.minillm.teacher_mixed_alpha", q.teacher_mixed_alpha,
+              "must lie in [0, 1)")
+        check(q.ppo_epochs >= 1, "method.minillm.ppo_epochs", q.ppo_epochs, "must be >= 1")
+        check(0.0 < q.gamma <= 1.0, "method.minillm.gamma", q.gamma, "must lie in (0, 1]")
+        check(q.reward_scaling > 0, "method.minillm.reward_scaling", q.reward_scaling, "must be > 0")
+        check(q.cliprange > 0, "method.minillm.cliprange", q.cliprange, "must be > 0")
+        check_decoding(q.decoding, "method.minillm.decoding")
+        check(q.decoding.top_p == 1 and q.decoding.top_k == 0, "method.minillm.decoding", dict(q.decoding),
+              "teacher-mixed sampling applies temperature only: keep top_p 1 and top_k 0")
+
+    def build(self, student, teacher, context: TrainingContext):
+        return self.sampling_module(MiniLLMDistillation, student, teacher, context)
+
+    def cost(self, module) -> dict:
+        return {"student_generated_tokens": module.generated_tokens, "rollouts": module.rollouts}

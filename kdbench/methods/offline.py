@@ -31,6 +31,7 @@ import torch.nn.functional as F
 
 from kdbench.data.datamodule import IGNORE
 from kdbench.losses import DIVERGENCES, chunked_divergence
+from kdbench.methods.registry import Method, TrainingContext, register
 from kdbench.models.surgery import base_and_head, response_hidden
 
 
@@ -54,7 +55,7 @@ def cosine_with_warmup(step: int, warmup: int, total: int, min_ratio: float) -> 
 
 class OfflineDistillation(L.LightningModule):
     # Attributes that change as training goes and are not tensors of the module: saved in a resume checkpoint
-    # (kdbench.methods.resume) so that a resumed run continues exactly. Subclasses add theirs.
+    # (kdbench.training.resume) so that a resumed run continues exactly. Subclasses add theirs.
     RESUME_ATTRS: tuple[str, ...] = ("tokens_seen",)
 
     def __init__(self, student, teacher, method, optim, max_steps: int, vocab_size: int,
@@ -223,3 +224,14 @@ class OfflineDistillation(L.LightningModule):
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt, lambda s: cosine_with_warmup(s, o.warmup_steps, self.max_steps, o.min_lr_ratio))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+@register
+class Offline(Method):
+    """`method.kind: offline`: sft, kd and every divergence on the data's responses, hidden-state distillation."""
+
+    kind = "offline"
+
+    def build(self, student, teacher, context: TrainingContext):
+        return OfflineDistillation(student.model, teacher.model if self.reads_teacher_logits else None, self.cfg,
+                                   context.optim, context.steps, context.vocab_size, context.micro_batch_size)

@@ -17,8 +17,10 @@ import random
 
 from kdbench.data.datamodule import IGNORE, collate
 from kdbench.generation.engine import generate_ids
+from kdbench.generation.settings import generation_settings
 from kdbench.methods.offline import OfflineDistillation
-from kdbench.schema import sampling_settings
+from kdbench.methods.registry import Method, TrainingContext, register
+from kdbench.schema import check, check_decoding
 
 
 def prompts_of_batch(batch: dict) -> list[list[int]]:
@@ -63,7 +65,8 @@ class OnPolicyDistillation(OfflineDistillation):
             new_parts = []
             for k, part in enumerate(parts):
                 prompts = prompts_of_batch(part)
-                settings = sampling_settings(self.onpolicy, len(prompts), step_seed(self.seed, self.global_step, k))
+                settings = generation_settings(self.onpolicy.decoding, do_sample=True, batch_size=len(prompts),
+                                               seed=step_seed(self.seed, self.global_step, k))
                 sampled, n_new = student_batch(self.student, prompts, settings, self.pad_id, self.eos_id)
                 self.generated_tokens += n_new
                 new_parts.append({key: v.to(device) for key, v in sampled.items()})
@@ -72,3 +75,23 @@ class OnPolicyDistillation(OfflineDistillation):
         self.log("train/onpolicy_fraction", self.onpolicy_steps / (self.global_step + 1), on_step=True,
                  on_epoch=False, batch_size=1)
         return super().training_step(batch, batch_idx)
+
+
+@register
+class OnPolicy(Method):
+    """`method.kind: onpolicy` (GKD): the divergence on the student's own samples with probability lmbda."""
+
+    kind = "onpolicy"
+    samples_student = True
+
+    def validate_block(self) -> None:
+        self.requires_divergence()
+        o = self.cfg.onpolicy
+        check(0.0 <= o.lmbda <= 1.0, "method.onpolicy.lmbda", o.lmbda, "a probability must lie in [0, 1]")
+        check_decoding(o.decoding, "method.onpolicy.decoding")
+
+    def build(self, student, teacher, context: TrainingContext):
+        return self.sampling_module(OnPolicyDistillation, student, teacher, context)
+
+    def cost(self, module) -> dict:
+        return {"student_generated_tokens": module.generated_tokens, "onpolicy_steps": module.onpolicy_steps}

@@ -16,7 +16,9 @@ from dataclasses import asdict, dataclass
 from kdbench.data.datamodule import prompt_of
 from kdbench.generation.cache import cached_generate
 from kdbench.generation.engine import generate
-from kdbench.schema import sampling_settings
+from kdbench.generation.settings import generation_settings
+from kdbench.methods.registry import Method, TrainingContext, register
+from kdbench.schema import check, check_decoding
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +51,8 @@ def teacher_answers(rows: list[dict], teacher, seqkd_cfg, max_prompt_length: int
     """`rows` with each `output` replaced by the teacher's answer to the row's prompt (same Alpaca prompt the
     student trains on), rows whose answer is empty dropped; the ground truth is kept as `reference`."""
     prompts = [prompt_of(r) for r in rows]
-    settings = sampling_settings(seqkd_cfg, seqkd_cfg.batch_size, seqkd_cfg.seed, seqkd_cfg.do_sample)
+    settings = generation_settings(seqkd_cfg.decoding, do_sample=seqkd_cfg.do_sample, batch_size=seqkd_cfg.batch_size,
+                                   seed=seqkd_cfg.seed)
 
     def run():
         return generate(teacher.model, teacher.tokenizer, prompts, settings, max_prompt_length,
@@ -72,3 +75,36 @@ def teacher_answers(rows: list[dict], teacher, seqkd_cfg, max_prompt_length: int
     return TeacherData(rows=out, n_prompts=len(rows), n_empty=n_empty, generated_tokens=result.new_tokens,
                        n_truncated_prompts=result.n_truncated, seconds=0.0 if hit else result.seconds,
                        cache_hit=hit)
+
+
+@register
+class SeqKD(Method):
+    """`method.kind: seqkd`: the student learns the teacher's answers instead of the ground truth (validation
+    keeps the ground truth); black-box, so teacher and student may have different tokenizers."""
+
+    kind = "seqkd"
+
+    @property
+    def needs_teacher(self) -> bool:
+        return True
+
+    def validate_block(self) -> None:
+        m, q = self.cfg, self.cfg.seqkd
+        check(m.divergence is None and m.alpha == 0 and m.hidden.weight == 0, "method.kind", m.kind,
+              "seqkd trains on the teacher's generated text only: set divergence null, alpha 0, hidden.weight 0")
+        check(q.max_prompts is None or q.max_prompts > 0, "method.seqkd.max_prompts", q.max_prompts,
+              "must be > 0 (or null: what the step budget reads)")
+        check(q.batch_size > 0, "method.seqkd.batch_size", q.batch_size, "must be > 0")
+        check_decoding(q.decoding, "method.seqkd.decoding")
+
+    def training_rows(self, rows: list[dict], teacher, context: TrainingContext) -> tuple[list[dict], dict]:
+        n = prompts_needed(self.cfg.seqkd, context.steps, context.batch_size, len(rows))
+        data = teacher_answers(rows[:n], teacher, self.cfg.seqkd, context.max_prompt_length, context.cache_dir,
+                               context.show_progress)
+        return data.rows, data.cost()
+
+    def build(self, student, teacher, context: TrainingContext):
+        from kdbench.methods.offline import OfflineDistillation
+
+        return OfflineDistillation(student.model, None, self.cfg, context.optim, context.steps, context.vocab_size,
+                                   context.micro_batch_size)

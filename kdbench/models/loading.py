@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import socket
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -22,6 +23,16 @@ from transformers.utils import cached_file
 log = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class Loaded:
+    """A model ready for a run: weights, tokenizer, display name, size and (teachers) a content fingerprint."""
+    model: object
+    tokenizer: object
+    name: str
+    parameters: int
+    fingerprint: str
 
 
 class WeightsNotFoundError(RuntimeError):
@@ -190,7 +201,7 @@ def resolve_model_path(path: str) -> tuple[str, dict | None]:
 def _run_record(path: Path) -> dict | None:
     """A run folder's results.json, or None with a warning naming it when it is damaged. It is the run's own record,
     not a cache entry: left where it is (nothing can recompute it), and the saved student is looked for beside it."""
-    from kdbench.tracking.cache_entry import CorruptEntry, read_entry
+    from kdbench.storage.cache_entry import CorruptEntry, read_entry
 
     try:
         return read_entry(path)

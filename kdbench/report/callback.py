@@ -10,7 +10,7 @@ from hydra.experimental.callback import Callback
 class ReportOnMultirunEnd(Callback):
     def on_multirun_end(self, config, **kwargs) -> None:
         from kdbench.report.cli import main as report
-        from kdbench.train import FAILED_FILE, INTERRUPTED_FILE
+        from kdbench.tracking.results import FAILED_FILE, INTERRUPTED_FILE
 
         sweep_dir = Path(config.hydra.sweep.dir)
         print(f"\n== {sweep_dir} ==")

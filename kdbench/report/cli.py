@@ -10,7 +10,7 @@ from kdbench.report.collect import collect_results
 from kdbench.report.compare import build_table
 from kdbench.report.render import render_csv, render_markdown
 from kdbench.report.run_table import headline_metrics
-from kdbench.tracking.atomic import atomic_write_text
+from kdbench.storage.atomic import atomic_write_text
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:

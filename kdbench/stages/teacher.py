@@ -4,7 +4,7 @@ The trained teacher is cached under a key derived from everything that determine
 tokenizer, fine-tuning config, seed). Every later run and every sweep cell with the same key loads it; two
 workers that need it at once wait on a file lock instead of training it twice. The package ships the default
 teacher as an asset under the same key, produced by this same stage (its RECIPE.md says how).
-A cached teacher is verified before it is used (its manifest, see kdbench.tracking.cache_entry); a damaged one is
+A cached teacher is verified before it is used (its manifest, see kdbench.storage.cache_entry); a damaged one is
 moved aside under the lock and trained again.
 """
 
@@ -24,8 +24,8 @@ from kdbench.models.loading import DTYPES, build_from_arch, count_parameters
 from kdbench.paths import ASSETS_DIR
 from kdbench.schema import MethodConfig
 from kdbench.stages.keys import content_key
-from kdbench.tracking.atomic import atomic_publish_dir, atomic_write_json
-from kdbench.tracking.cache_entry import folder_or_quarantine, folder_problem, lock_for, verified_folder, write_manifest
+from kdbench.storage.atomic import atomic_publish_dir, atomic_write_json
+from kdbench.storage.cache_entry import folder_or_quarantine, folder_problem, lock_for, verified_folder, write_manifest
 
 log = logging.getLogger(__name__)
 TEACHER_STAGE_VERSION = 1
@@ -97,9 +97,9 @@ def _train(cfg, tokenizer, key: str, target: Path, show_progress: bool) -> None:
     # Imported here: training pulls in Lightning, which a run that finds its teacher never needs to wait for.
     from kdbench.data.datamodule import InstructionDataModule
     from kdbench.data.sources import load_rows
-    from kdbench.methods.fit import fit, make_trainer
     from kdbench.methods.offline import OfflineDistillation
-    from kdbench.methods.resume import resume_file
+    from kdbench.training.fit import fit, make_trainer
+    from kdbench.training.resume import resume_file
 
     ft = cfg.teacher.finetune
     t0 = time.perf_counter()

@@ -2,7 +2,7 @@
 
 Looked up in the cache, then among the assets shipped in the package (the shipped teacher's tokenizer), and
 trained (well under a second) only when neither has it, or when the cached one is damaged (verified by its
-manifest, see kdbench.tracking.cache_entry: moved aside under the lock and trained again). Students built from
+manifest, see kdbench.storage.cache_entry: moved aside under the lock and trained again). Students built from
 scratch for the embedded benchmark use it, so they share the teacher's vocabulary exactly.
 """
 
@@ -20,8 +20,8 @@ from kdbench.models.loading import prepare_tokenizer
 from kdbench.models.tokenizer import train_bpe_tokenizer
 from kdbench.paths import ASSETS_DIR
 from kdbench.stages.keys import content_key
-from kdbench.tracking.atomic import atomic_publish_dir
-from kdbench.tracking.cache_entry import folder_or_quarantine, folder_problem, lock_for, verified_folder, write_manifest
+from kdbench.storage.atomic import atomic_publish_dir
+from kdbench.storage.cache_entry import folder_or_quarantine, folder_problem, lock_for, verified_folder, write_manifest
 
 log = logging.getLogger(__name__)
 TOKENIZER_STAGE_VERSION = 1

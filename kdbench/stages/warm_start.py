@@ -8,7 +8,7 @@ budget (trainer.max_steps is the total), so every method still takes the same nu
 Cached under a key derived from everything that determines it (the student, the tokenizer, the train rows, the
 steps, the optimizer, batch size and seed); every method and sweep cell with that key shares it, and two workers
 wait on a file lock rather than train it twice. A cached warm start is verified before it is used (its manifest,
-see kdbench.tracking.cache_entry); a damaged one is moved aside under the lock and trained again.
+see kdbench.storage.cache_entry); a damaged one is moved aside under the lock and trained again.
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ from kdbench.models.loading import DTYPES
 from kdbench.schema import MethodConfig
 from kdbench.stages.keys import content_key
 from kdbench.stages.teacher import train_rows_digest
-from kdbench.tracking.atomic import atomic_publish_dir, atomic_write_json
-from kdbench.tracking.cache_entry import folder_or_quarantine, lock_for, write_manifest
+from kdbench.storage.atomic import atomic_publish_dir, atomic_write_json
+from kdbench.storage.cache_entry import folder_or_quarantine, lock_for, write_manifest
 
 log = logging.getLogger(__name__)
 WARM_START_STAGE_VERSION = 1
@@ -72,9 +72,9 @@ def warm_started(cfg, student, cache_dir: str | Path, show_progress: bool = True
 def _train(cfg, student, key: str, steps: int, target: Path, show_progress: bool) -> float:
     from kdbench.data.datamodule import InstructionDataModule
     from kdbench.data.sources import load_rows
-    from kdbench.methods.fit import fit, make_trainer
     from kdbench.methods.offline import OfflineDistillation
-    from kdbench.methods.resume import resume_file
+    from kdbench.training.fit import fit, make_trainer
+    from kdbench.training.resume import resume_file
 
     t0 = time.perf_counter()
     t = cfg.trainer

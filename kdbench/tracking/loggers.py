@@ -16,7 +16,7 @@ def run_wandb_id(run_dir: Path, resuming: bool) -> str:
     """The W&B run id of a run folder: the one its interrupted attempt used when the run continues from a resume
     checkpoint (so it continues the same W&B run: `wandb sync` uploads the attempts' offline folders, which share
     the id, into one run in order of start), else a new one."""
-    from kdbench.tracking.atomic import atomic_write_text
+    from kdbench.storage.atomic import atomic_write_text
 
     path = Path(run_dir) / WANDB_ID_FILE
     if resuming and path.is_file():

@@ -14,9 +14,13 @@ import subprocess
 from importlib import metadata
 from pathlib import Path
 
-from kdbench.tracking.atomic import atomic_write_json
+from kdbench.storage.atomic import atomic_write_json
 
 RESULTS_FILE = "results.json"
+# Beside it when a run did not finish: stopped on a signal (and how to continue), or failed in a sweep (the
+# traceback and whether a rerun can help). kdbench.runtime writes them, the sweep-end report reads them.
+INTERRUPTED_FILE = "interrupted.json"
+FAILED_FILE = "failed.txt"
 SCHEMA_VERSION = 1
 _PACKAGES = ("kdbench", "torch", "transformers", "lightning", "hydra-core", "wandb", "lm_eval", "rouge-score",
              "tokenizers", "datasets")

@@ -23,8 +23,8 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from kdbench.methods import interrupt
-from kdbench.tracking.atomic import atomic_write_by
+from kdbench.storage.atomic import atomic_write_by
+from kdbench.training import interrupt
 
 log = logging.getLogger(__name__)
 SUFFIX = ".resume.ckpt"
@@ -97,7 +97,7 @@ def _validates_now(trainer) -> bool:
 
 class ResumeCheckpoint(L.Callback):
     """Save the training state to `path` every `every_minutes` of training (0: after every step; tests; None:
-    only when a SIGTERM or SIGINT stops the training, kdbench.methods.interrupt)."""
+    only when a SIGTERM or SIGINT stops the training, kdbench.training.interrupt)."""
 
     def __init__(self, path: str | Path, every_minutes: float | None, config: dict | None = None):
         # config: recorded in the file, so that a later start can tell whether it may continue from it.

@@ -3,7 +3,7 @@
 SIGTERM is what SLURM and most schedulers send at a time limit or a preemption; SIGINT is Ctrl-C. Inside
 `handle_signals()` either one raises RunInterrupted (a BaseException, like KeyboardInterrupt, so that no
 `except Exception` swallows it) where the run stands: loading, evaluating, generating. During training the
-handler only records the signal, and the ResumeCheckpoint callback (kdbench.methods.resume) saves the whole
+handler only records the signal, and the ResumeCheckpoint callback (kdbench.training.resume) saves the whole
 training state at the end of the current step (after its validation, when one is due) and then raises, so the
 rerun continues from that step instead of from the last periodic checkpoint. A second SIGINT while a step is
 still running stops at once (the previous checkpoint stays), as a second Ctrl-C does everywhere.

@@ -67,9 +67,9 @@ def _progress_bar():
 def make_trainer(trainer_cfg, max_steps: int, logger=None, default_root_dir: str | None = None,
                  progress: bool | None = None, name: str = "train", callbacks: list | None = None,
                  resume_path: str | Path | None = None, resume_config: dict | None = None) -> L.Trainer:
-    """resume_path: where this training keeps its resume checkpoint (kdbench.methods.resume; None: none), recording
+    """resume_path: where this training keeps its resume checkpoint (kdbench.training.resume; None: none), recording
     resume_config in it."""
-    from kdbench.methods.resume import ResumeCheckpoint
+    from kdbench.training.resume import ResumeCheckpoint
 
     quiet_lightning()
     t = trainer_cfg
@@ -88,7 +88,7 @@ def make_trainer(trainer_cfg, max_steps: int, logger=None, default_root_dir: str
 
 
 def resume_checkpoint_of(trainer: L.Trainer) -> Path | None:
-    from kdbench.methods.resume import ResumeCheckpoint
+    from kdbench.training.resume import ResumeCheckpoint
 
     return next((c.path for c in trainer.callbacks if isinstance(c, ResumeCheckpoint)), None)
 
@@ -112,7 +112,7 @@ def _readable(path: Path) -> bool:
     warning and the training starts over, instead of failing every later attempt on it."""
     import torch
 
-    from kdbench.tracking.cache_entry import quarantine
+    from kdbench.storage.cache_entry import quarantine
 
     try:
         torch.load(path, map_location="cpu", weights_only=False, mmap=True)

@@ -15,7 +15,7 @@ import lightning as L
 from kdbench.data.datamodule import prompt_of
 from kdbench.evaluation.metrics import rouge_l
 from kdbench.generation.engine import generate
-from kdbench.schema import GenerationConfig
+from kdbench.generation.settings import GenerationSettings
 
 log = logging.getLogger(__name__)
 RULES = ("best_rouge_l", "last")
@@ -25,7 +25,7 @@ class SelectCheckpoint(L.Callback):
     def __init__(self, rows: list[dict], tokenizer, rule: str, max_new_tokens: int, max_prompt_length: int,
                  batch_size: int = 64):
         self.rows, self.tokenizer, self.rule = rows, tokenizer, rule
-        self.settings = GenerationConfig(do_sample=False, max_new_tokens=max_new_tokens, batch_size=batch_size)
+        self.settings = GenerationSettings(do_sample=False, max_new_tokens=max_new_tokens, batch_size=batch_size)
         self.max_prompt_length = max_prompt_length
         self.history: list[tuple[int, float]] = []
         self.best: tuple[int, float] | None = None

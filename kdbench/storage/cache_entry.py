@@ -27,7 +27,7 @@ from pathlib import Path
 
 from filelock import FileLock
 
-from kdbench.tracking.atomic import atomic_write_json
+from kdbench.storage.atomic import atomic_write_json
 
 log = logging.getLogger(__name__)
 

@@ -1,28 +1,25 @@
-"""Turn the teacher and student configs into (model, tokenizer) pairs.
+"""A run's teacher and student from their configs, as (model, tokenizer) pairs: the stages a run needs first.
 
-A model is pretrained (HF id or local folder) or built from `arch`. A scratch model's tokenizer is, in order:
-its own `tokenizer` setting, the embedded benchmark's tokenizer when the data is embedded, else the teacher's.
-A scratch teacher goes through the teacher stage (fine-tuned once, cached).
+A model is pretrained (HF id or local folder; kdbench.models.loading) or built from `arch`. A scratch model's
+tokenizer is, in order: its own `tokenizer` setting, the embedded benchmark's tokenizer (the tokenizer stage) when
+the data is embedded, else the teacher's. A scratch teacher goes through the teacher stage (fine-tuned once,
+cached): this module sits above kdbench.models, which only loads and builds and never trains.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from transformers import AutoTokenizer
 
-from kdbench.models.loading import build_from_arch, count_parameters, freeze, load_pretrained, prepare_tokenizer
+from kdbench.models.loading import (
+    Loaded,
+    build_from_arch,
+    count_parameters,
+    freeze,
+    load_pretrained,
+    prepare_tokenizer,
+)
 from kdbench.stages.teacher import teacher_stage
 from kdbench.stages.tokenizer import embedded_tokenizer
-
-
-@dataclass
-class Loaded:
-    model: object
-    tokenizer: object
-    name: str
-    parameters: int
-    fingerprint: str
 
 
 def _scratch_tokenizer(model_cfg, cfg, cache_dir, fallback=None):
