@@ -15,11 +15,15 @@ import re
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import hydra
 from omegaconf import DictConfig
 
 from kdbench.paths import conf_dir
+
+if TYPE_CHECKING:
+    from kdbench.tracking.record import RunRecord
 
 log = logging.getLogger("kdbench")
 
@@ -63,7 +67,7 @@ def load_evaluated(cfg, cache_dir: Path, teacher_tokenizer=None):
     return load_student(cfg, cache_dir, teacher_tokenizer), None
 
 
-def run_eval(cfg: DictConfig) -> dict:
+def run_eval(cfg: DictConfig) -> RunRecord:
     from kdbench.runtime import begin_run
     from kdbench.training.interrupt import handle_signals
 
@@ -72,10 +76,10 @@ def run_eval(cfg: DictConfig) -> dict:
         return start.done if start.done is not None else _evaluate(cfg, start, t_start)
 
 
-def _evaluate(cfg: DictConfig, start, t_start: float) -> dict:
+def _evaluate(cfg: DictConfig, start, t_start: float) -> RunRecord:
     from kdbench.report.run_table import print_run_table
     from kdbench.stages.models import load_teacher
-    from kdbench.tracking.results import build_record, write_results
+    from kdbench.tracking.record import RunLabels, build_record
 
     run_dir, cell, resolved, cache_dir = start.run_dir, start.cell, start.resolved, start.cache_dir
     e = cfg.eval
@@ -88,26 +92,21 @@ def _evaluate(cfg: DictConfig, start, t_start: float) -> dict:
              f"{student.parameters:,}", method, teacher.name if teacher else "-", e.name)
 
     from kdbench.evaluation.suite import Model, run_suite
-    from kdbench.tracking.loggers import finish, log_final, log_images, make_logger
+    from kdbench.runtime import publish, run_logger
 
-    logger = make_logger(cfg.logger, run_dir, run_name=f"eval/{cell}", group=f"eval/{cfg.sweep_name}",
-                         config=resolved, tags=["kdbench-eval", f"method={method}", f"student={student.name}",
-                                                f"teacher={teacher.name if teacher else 'none'}"])
-    failed = True
-    try:
+    tags = ["kdbench-eval", f"method={method}", f"student={student.name}",
+            f"teacher={teacher.name if teacher else 'none'}"]
+    with run_logger(cfg, start, run_name=f"eval/{cell}", group=f"eval/{cfg.sweep_name}", tags=tags) as logger:
         t_eval = time.perf_counter()
         reference = Model(teacher.model, teacher.tokenizer, teacher.name, teacher.fingerprint) if teacher else None
         suite = run_suite(Model(student.model, student.tokenizer, student.name), reference, e, cfg.data.embedded,
                           cache_dir=str(cache_dir), out_dir=run_dir, show_progress=cfg.trainer.progress)
         eval_seconds = time.perf_counter() - t_eval
-        log_final(logger, {**{f"eval/{k}": v for k, v in suite.metrics.items()},
-                           **{f"teacher/{k}": v for k, v in suite.teacher_metrics.items()}}, suite.samples)
-        log_images(logger, suite.plots)
         record = build_record(
-            labels={"method": method, "student": student.name, "teacher": teacher.name if teacher else None,
-                    "seed": origin_labels.get("seed", cfg.seed), "student_params": student.parameters,
-                    "teacher_params": teacher.parameters if teacher else None, "sweep": f"eval/{cfg.sweep_name}",
-                    "cell": cell, "evaluated": cfg.student.path or f"student={cfg.student.name}"},
+            labels=RunLabels(method=method, student=student.name, teacher=teacher.name if teacher else None,
+                             seed=origin_labels.get("seed", cfg.seed), student_params=student.parameters,
+                             teacher_params=teacher.parameters if teacher else None, sweep=f"eval/{cfg.sweep_name}",
+                             cell=cell, evaluated=cfg.student.path or f"student={cfg.student.name}"),
             metrics=suite.metrics, teacher_metrics=suite.teacher_metrics, train=None,
             cost={"generated_tokens": suite.new_tokens, "eval_seconds": round(eval_seconds, 1)},
             samples=suite.samples, config=resolved, seed=cfg.seed, wall_time_s=time.perf_counter() - t_start,
@@ -116,10 +115,7 @@ def _evaluate(cfg: DictConfig, start, t_start: float) -> dict:
                        "plots": suite.plots},
             evaluation=suite.details,
         )
-        write_results(run_dir, record)
-        failed = False
-    finally:
-        finish(logger, failed)
+        publish(logger, run_dir, suite, record)
     print_run_table(record)
     return record
 

@@ -131,6 +131,33 @@ def record_outcome(run_dir: Path, interrupted: BaseException | None = None) -> N
                              "message": f"{interrupted.describe()}; run the same command again to continue"})
 
 
+@contextlib.contextmanager
+def run_logger(cfg, start: RunStart, *, run_name: str, group: str, tags: list[str], run_id: str | None = None):
+    """The run's W&B logger (None with logger=none), finished however the run ends: one failed cell must not leave
+    a W&B run open and sink the rest of a multirun."""
+    from kdbench.tracking.loggers import finish, make_logger
+
+    logger = make_logger(cfg.logger, start.run_dir, run_name=run_name, group=group, config=start.resolved,
+                         tags=tags, run_id=run_id)
+    failed = True
+    try:
+        yield logger
+        failed = False
+    finally:
+        finish(logger, failed)
+
+
+def publish(logger, run_dir: Path, suite, record) -> None:
+    """How both CLIs end a run: the suite's final metrics, samples and figures to the logger, then results.json
+    (atomic; its `status: complete` is what makes the run count as done)."""
+    from kdbench.tracking.loggers import log_final, log_images
+
+    log_final(logger, {**{f"eval/{k}": v for k, v in suite.metrics.items()},
+                       **{f"teacher/{k}": v for k, v in suite.teacher_metrics.items()}}, suite.samples)
+    log_images(logger, suite.plots)
+    record.save(run_dir)
+
+
 def user_errors() -> tuple[type[Exception], ...]:
     """Errors that are the input's fault: shown as their message alone (it names the key, file or line); a rerun
     of the same command fails the same way."""

@@ -12,6 +12,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -24,17 +25,22 @@ from kdbench.runtime import (
     RunStart,
     begin_run,
     failure_summary,
+    publish,
     record_outcome,
+    run_logger,
     setup,
     shown_as_message,
     stop_on_signal,
     threads,
 )
 
+if TYPE_CHECKING:
+    from kdbench.tracking.record import RunRecord
+
 log = logging.getLogger("kdbench")
 
 
-def run(cfg: DictConfig) -> dict:
+def run(cfg: DictConfig) -> RunRecord:
     """One distillation run in its locked folder; SIGTERM and SIGINT stop it as RunInterrupted (saved to continue
     from, recorded in interrupted.json)."""
     from kdbench.training.interrupt import RunInterrupted, handle_signals
@@ -52,12 +58,12 @@ def run(cfg: DictConfig) -> dict:
         return record
 
 
-def _distill(cfg: DictConfig, start: RunStart, t_start: float) -> dict:
+def _distill(cfg: DictConfig, start: RunStart, t_start: float) -> RunRecord:
     from kdbench.methods.registry import TrainingContext, method_of
     from kdbench.models.compat import check_distillable
     from kdbench.report.run_table import print_run_table
     from kdbench.stages.models import load_student, load_teacher
-    from kdbench.tracking.results import build_record, write_results
+    from kdbench.tracking.record import RunLabels, build_record
     from kdbench.training.resume import run_resume_file
 
     run_dir, cell, resolved, cache_dir = start.run_dir, start.cell, start.resolved, start.cache_dir
@@ -80,18 +86,15 @@ def _distill(cfg: DictConfig, start: RunStart, t_start: float) -> dict:
     from kdbench.evaluation.suite import Model, run_suite
     from kdbench.models.loading import save_model_folder
     from kdbench.models.surgery import check_head_path
-    from kdbench.tracking.loggers import finish, log_final, log_images, make_logger, run_wandb_id
+    from kdbench.tracking.loggers import run_wandb_id
     from kdbench.training.fit import fit, make_trainer
     from kdbench.training.selection import SelectCheckpoint
 
     # Known before the logger starts: a run that continues its training continues its W&B run (same id).
     resume_path, training_cfg = run_resume_file(run_dir, resolved)
-    logger = make_logger(cfg.logger, run_dir, run_name=f"{cfg.sweep_name}/{cell}", group=cfg.sweep_name,
-                         config=resolved, tags=[f"method={cfg.method.name}", f"student={student.name}",
-                                                f"teacher={teacher.name if teacher else 'none'}"],
-                         run_id=run_wandb_id(run_dir, resuming=resume_path.is_file()))
-    failed = True
-    try:
+    tags = [f"method={cfg.method.name}", f"student={student.name}", f"teacher={teacher.name if teacher else 'none'}"]
+    with run_logger(cfg, start, run_name=f"{cfg.sweep_name}/{cell}", group=cfg.sweep_name, tags=tags,
+                    run_id=run_wandb_id(run_dir, resuming=resume_path.is_file())) as logger:
         # The budget is trainer.max_steps optimizer steps in all; a warm start takes its share first.
         steps, warm = cfg.trainer.max_steps, None
         if cfg.method.warm_start:
@@ -133,14 +136,11 @@ def _distill(cfg: DictConfig, start: RunStart, t_start: float) -> dict:
                           show_progress=cfg.trainer.progress)
         eval_seconds = time.perf_counter() - t_eval
 
-        log_final(logger, {**{f"eval/{k}": v for k, v in suite.metrics.items()},
-                           **{f"teacher/{k}": v for k, v in suite.teacher_metrics.items()}}, suite.samples)
-        log_images(logger, suite.plots)
         record = build_record(
-            labels={"method": cfg.method.name, "student": student.name, "teacher": teacher.name if teacher else None,
-                    "seed": cfg.seed, "student_params": student.parameters,
-                    "teacher_params": teacher.parameters if teacher else None, "sweep": cfg.sweep_name,
-                    "cell": cell, "start": f"sft-warm-start-{warm['steps']}" if warm else "scratch"},
+            labels=RunLabels(method=cfg.method.name, student=student.name, teacher=teacher.name if teacher else None,
+                             seed=cfg.seed, student_params=student.parameters,
+                             teacher_params=teacher.parameters if teacher else None, sweep=cfg.sweep_name,
+                             cell=cell, start=f"sft-warm-start-{warm['steps']}" if warm else "scratch"),
             metrics=suite.metrics, teacher_metrics=suite.teacher_metrics,
             train={"steps": int(trainer.global_step) + (warm["steps"] if warm else 0),
                    "method_steps": int(trainer.global_step), "warm_start": warm, "selection": select.record(),
@@ -159,12 +159,8 @@ def _distill(cfg: DictConfig, start: RunStart, t_start: float) -> dict:
                        "student_dir": str(student_dir) if student_dir else None, "plots": suite.plots},
             evaluation=suite.details,
         )
-        write_results(run_dir, record)
+        publish(logger, run_dir, suite, record)
         resume_path.unlink(missing_ok=True)  # the result is written: nothing left to resume
-        failed = False
-    finally:
-        # In a finally: one failed cell must not leave a W&B run open and sink the rest of a multirun.
-        finish(logger, failed)
     print_run_table(record)
     return record
 

@@ -214,7 +214,7 @@ def test_incomplete_and_corrupt_files_are_skipped(tmp_path, caplog):
     (tmp_path / "good" / "other.json").write_text('{"status": "complete"}')  # not a results.json
     with caplog.at_level(logging.WARNING):
         results = collect_results(tmp_path)
-    assert [r["_path"] for r in results] == [str(good)]
+    assert [r.path for r in results] == [str(good)]
     warned = caplog.text
     for name in ("running", "nostatus", "corrupt", "list"):
         assert name in warned
@@ -223,7 +223,7 @@ def test_incomplete_and_corrupt_files_are_skipped(tmp_path, caplog):
 def test_collect_recursive_sorted_and_errors(tmp_path):
     write_result(tmp_path, "b/deep/x", seed=1)
     write_result(tmp_path, "a", seed=0)
-    assert [r["labels"]["seed"] for r in collect_results(tmp_path)] == [0, 1]
+    assert [r.labels.seed for r in collect_results(tmp_path)] == [0, 1]
     assert collect_results(tmp_path / "a" / "..") != []
     (tmp_path / "empty").mkdir()
     assert collect_results(tmp_path / "empty") == []

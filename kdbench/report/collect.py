@@ -1,4 +1,4 @@
-"""Find and load the `results.json` of every finished run under a directory."""
+"""Find and load the `results.json` of every finished run under a directory, as typed run records."""
 
 from __future__ import annotations
 
@@ -7,17 +7,18 @@ import logging
 import os
 from pathlib import Path
 
+from kdbench.tracking.record import RecordError, RunRecord
 from kdbench.tracking.results import RESULTS_FILE
 
 logger = logging.getLogger(__name__)
 
 
-def collect_results(root: str | os.PathLike) -> list[dict]:
+def collect_results(root: str | os.PathLike) -> list[RunRecord]:
     """Load every complete `results.json` under `root`, recursively, in sorted path order.
 
-    Files that are not valid JSON, not a JSON object, or whose "status" is not "complete" are skipped with a
-    warning rather than raising: one crashed or still-running run must not stop a report over a whole sweep.
-    Each returned dict gets "_path" (the file it came from) so later stages can name the offending file.
+    Files that are not valid JSON, not a run record (kdbench.tracking.record), or whose "status" is not
+    "complete" are skipped with a warning rather than raising: one crashed or still-running run must not stop a
+    report over a whole sweep. Each record's `path` is the file it came from, so later stages can name it.
     """
     root = Path(root)
     if not root.exists():
@@ -36,13 +37,11 @@ def collect_results(root: str | os.PathLike) -> list[dict]:
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
             logger.warning("skipping %s: cannot read it as JSON (%s)", path, e)
             continue
-        if not isinstance(data, dict):
-            logger.warning("skipping %s: expected a JSON object, got %s", path, type(data).__name__)
+        if isinstance(data, dict) and data.get("status") != "complete":
+            logger.warning("skipping %s: status is %r, not 'complete'", path, data.get("status"))
             continue
-        status = data.get("status")
-        if status != "complete":
-            logger.warning("skipping %s: status is %r, not 'complete'", path, status)
-            continue
-        data["_path"] = str(path)
-        results.append(data)
+        try:
+            results.append(RunRecord.from_dict(data, str(path)))
+        except RecordError as e:
+            logger.warning("skipping %s", e)
     return results

@@ -7,6 +7,8 @@ import math
 import statistics
 from dataclasses import dataclass, field
 
+from kdbench.tracking.record import RunRecord
+
 logger = logging.getLogger(__name__)
 
 TEACHER_METHOD = "teacher"
@@ -98,7 +100,7 @@ def _method_key(method: str) -> tuple:
     return (method != BASELINE_METHOD, method)
 
 
-def build_table(results: list[dict], metrics: list[str] | None = None) -> Table:
+def build_table(results: list[RunRecord], metrics: list[str] | None = None) -> Table:
     """Aggregate collected results into a Table: teacher rows first, then students by size, then methods.
 
     `metrics=None` takes the union of metric keys over all results (student then teacher keys, first-seen
@@ -112,19 +114,15 @@ def build_table(results: list[dict], metrics: list[str] | None = None) -> Table:
     seen_keys: dict[str, None] = {}  # ordered set
 
     for r in results:
-        where = r.get("_path", "<result>")
-        labels = r.get("labels")
-        if not isinstance(labels, dict) or "method" not in labels or "student" not in labels:
-            logger.warning("skipping %s: labels.method / labels.student missing", where)
-            continue
-        method, student, seed = str(labels["method"]), str(labels["student"]), labels.get("seed")
-        if str(labels.get("start") or "scratch") != "scratch":
+        where, labels = r.path or "<result>", r.labels
+        method, student, seed = str(labels.method), str(labels.student), labels.seed
+        if str(labels.start or "scratch") != "scratch":
             # Said in the row: a method that started from the sft warm start is not the same row as one that did
             # not (gkd, distillm and minillm always do; an offline method does with method.warm_start=true).
             method = f"{method}+ws"
 
-        values = _metric_values(r.get("metrics"))
-        teacher_values = _metric_values(r.get("teacher_metrics"))
+        values = _metric_values(r.metrics)
+        teacher_values = _metric_values(r.teacher_metrics)
         for key in [*values, *teacher_values]:
             seen_keys.setdefault(key, None)
 
@@ -142,12 +140,12 @@ def build_table(results: list[dict], metrics: list[str] | None = None) -> Table:
                 known.setdefault(k, v)
         else:
             seeds[seed] = values
-        params = labels.get("student_params")
+        params = labels.student_params
         if params is not None and student not in student_params:
             student_params[student] = params
 
         if teacher_values:
-            teacher = labels.get("teacher")
+            teacher = labels.teacher
             if teacher is None:
                 logger.warning("%s: teacher_metrics without labels.teacher; teacher row not counted", where)
             else:
@@ -212,16 +210,14 @@ def judge_coverage_notes(per_seed: dict[object, dict[str, float]], cells: dict[s
     return notes
 
 
-def judge_skip_notes(results: list[dict]) -> list[str]:
+def judge_skip_notes(results: list[RunRecord]) -> list[str]:
     """One line per distinct reason an LLM judge was skipped (results.json's eval.judge), with the runs."""
     runs_by_reason: dict[str, list[str]] = {}
     for r in results:
-        judge = (r.get("eval") or {}).get("judge") if isinstance(r.get("eval"), dict) else None
+        judge = (r.eval or {}).get("judge")
         if isinstance(judge, dict) and judge.get("skipped"):
-            labels = r.get("labels") if isinstance(r.get("labels"), dict) else {}
-            run = " ".join(f"{k}={labels[k]}" for k in ("method", "student", "seed") if k in labels)
-            runs_by_reason.setdefault(str(judge.get("reason") or "no reason recorded"), []).append(
-                run or str(r.get("_path", "<result>")))
+            run = f"method={r.labels.method} student={r.labels.student} seed={r.labels.seed}"
+            runs_by_reason.setdefault(str(judge.get("reason") or "no reason recorded"), []).append(run)
     # A sweep may skip it in every cell: name a few runs, count the rest.
     return [f"LLM judge skipped: {reason} ({len(runs)} run(s): {'; '.join(runs[:5])}"
             + (f"; and {len(runs) - 5} more" if len(runs) > 5 else "") + ")"

@@ -2,7 +2,9 @@
 
 It holds the resolved config, the metrics of the student and the teacher, the seed, package versions, git
 revision, hardware and wall time, and the paths of artifacts. Written atomically; `status: complete` is only
-set by the final write, so a file from an interrupted run is never mistaken for a finished one.
+set by the final write, so a file from an interrupted run is never mistaken for a finished one. The record's
+type is kdbench.tracking.record.RunRecord; this module has the file's name, the environment facts it carries and
+the rule that decides whether a finished run is skipped or redone.
 """
 
 from __future__ import annotations
@@ -13,15 +15,16 @@ import platform
 import subprocess
 from importlib import metadata
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from kdbench.storage.atomic import atomic_write_json
+if TYPE_CHECKING:
+    from kdbench.tracking.record import RunRecord
 
 RESULTS_FILE = "results.json"
 # Beside it when a run did not finish: stopped on a signal (and how to continue), or failed in a sweep (the
 # traceback and whether a rerun can help). kdbench.runtime writes them, the sweep-end report reads them.
 INTERRUPTED_FILE = "interrupted.json"
 FAILED_FILE = "failed.txt"
-SCHEMA_VERSION = 1
 _PACKAGES = ("kdbench", "torch", "transformers", "lightning", "hydra-core", "wandb", "lm_eval", "rouge-score",
              "tokenizers", "datasets")
 
@@ -73,14 +76,17 @@ def supersede_results(run_dir: str | Path) -> Path:
     return target
 
 
-def read_results(run_dir: str | Path) -> dict | None:
-    """The run's results if it finished, else None (missing, partial or unreadable)."""
+def read_results(run_dir: str | Path) -> RunRecord | None:
+    """The run's record if it finished, else None (missing, partial, unreadable or not a record)."""
+    from kdbench.tracking.record import RecordError, RunRecord
+
     path = results_path(run_dir)
     try:
         data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
+        record = RunRecord.from_dict(data, str(path))
+    except (OSError, json.JSONDecodeError, RecordError):
         return None
-    return data if data.get("status") == "complete" else None
+    return record if record.status == "complete" else None
 
 
 # Keys that never change what a run computes: where files go, threads, progress display, logging.
@@ -105,28 +111,13 @@ def config_changes(old: dict, new: dict) -> list[str]:
                   if a[k] != b[k] and not any(k == v or k.startswith(v) for v in _VOLATILE))
 
 
-def build_record(*, labels: dict, metrics: dict, teacher_metrics: dict, train: dict | None, cost: dict,
-                 samples: list, config: dict, seed: int, wall_time_s: float, artifacts: dict,
-                 evaluation: dict | None = None) -> dict:
-    """A finished run's record; environment facts (versions, git, hardware) are collected here. `evaluation` holds
-    the suite's details (curves, reliability diagrams, length buckets, skipped components and why); `train` is
-    None for an evaluation-only run (kdbench-eval)."""
-    record = {"status": "complete", "labels": labels, "metrics": metrics, "teacher_metrics": teacher_metrics,
-              "train": train, "cost": cost, "samples": samples, "config": config, "seed": seed,
-              "versions": package_versions(), "git": git_revision(), "hardware": hardware(),
-              "wall_time_s": round(wall_time_s, 1), "artifacts": artifacts}
-    if evaluation is not None:
-        record["eval"] = evaluation
-    return record
-
-
-def finished_run(run_dir: str | Path, resolved: dict, force: bool, log) -> dict | None:
+def finished_run(run_dir: str | Path, resolved: dict, force: bool, log) -> RunRecord | None:
     """The record of a run already finished in `run_dir` with the same config (to skip it), else None; a record
     made with a different config is moved aside (kept as results.superseded-<n>.json) and the run is redone."""
     done = read_results(run_dir)
     if done is None or force:
         return None
-    changed = config_changes(done.get("config", {}), resolved)
+    changed = config_changes(done.config, resolved)
     if not changed:
         log.info("%s: finished earlier (results.json exists); skipping. Pass force=true to redo it.", run_dir)
         return done
@@ -135,8 +126,3 @@ def finished_run(run_dir: str | Path, resolved: dict, force: bool, log) -> dict 
                 "is kept as %s)", run_dir, ", ".join(changed[:5]) + (" ..." if len(changed) > 5 else ""),
                 superseded.name)
     return None
-
-
-def write_results(run_dir: str | Path, record: dict) -> Path:
-    record = {"schema_version": SCHEMA_VERSION, **record}
-    return atomic_write_json(results_path(run_dir), record)
