@@ -183,11 +183,17 @@ def bundled_file(tmp_path_factory):
 @pytest.fixture(scope="session")
 def built_wheel(tmp_path_factory) -> Path:
     """A plain (non-editable) wheel of this checkout, built once for the packaging tests."""
+    import shutil
     import subprocess
     import sys
 
+    # Built from a copy without build outputs: setuptools' build/lib keeps files deleted since (a module that
+    # became a package, a removed method), and a wheel built in place would ship them.
+    source = tmp_path_factory.mktemp("source") / "kdbench"
+    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(".git", ".venv", "build", "dist", "outputs",
+                                                                ".ci-cache", "*.egg-info", "__pycache__"))
     dist = tmp_path_factory.mktemp("dist")
     build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                            "-w", str(dist), str(REPO)], capture_output=True, text=True, timeout=300)
+                            "-w", str(dist), str(source)], capture_output=True, text=True, timeout=300)
     assert build.returncode == 0, build.stderr[-2000:]
     return next(dist.glob("kdbench-*.whl"))
