@@ -107,6 +107,7 @@ def test_nonsense_values_fail_when_the_run_starts(override, key):
     ("logger.mode=sometimes", "logger.mode", "offline, online, disabled"),
     ("data.train.kind=csv", "data.train.kind", "embedded, jsonl, hf"),
     ("student.source=downloaded", "student.source", "scratch, pretrained"),
+    ("teacher.dtype=float8", "teacher.dtype", "float32, bfloat16, float16"),
     ("trainer.select=best_bleu", "trainer.select", "best_rouge_l, last"),
     ("method.hidden.loss=l1", "method.hidden.loss", "mse, cosine"),
     ("method=distillm method.distillm.replay_ratio=random", "method.distillm.replay_ratio", "decreasing"),

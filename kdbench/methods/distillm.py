@@ -31,8 +31,6 @@ from kdbench.methods.onpolicy import prompts_of_batch, step_seed, student_batch
 from kdbench.methods.registry import Method, TrainingContext, register
 from kdbench.schema import check, check_decoding
 
-SCHEDULES = ("decreasing", "increasing", "constant")
-
 
 def fresh_probability(threshold: float, step: int, total: int, schedule: str) -> float:
     """The probability of sampling new student outputs at this step (the official `samp_threshold`)."""

@@ -19,6 +19,7 @@ from kdbench.schema.common import (
     ArchConfig,
     DataConfig,
     Decoding,
+    DType,
     EmbeddedConfig,
     FinetuneConfig,
     GenerationConfig,
@@ -99,7 +100,7 @@ def register_configs() -> None:
 
 __all__ = [
     "AgreementConfig", "ArchConfig", "ClassificationConfig", "ConfigError", "DataConfig", "Decoding",
-    "DistiLLMConfig", "EmbeddedConfig", "EvalConfig", "EvalSetConfig", "EvalSetKind", "ExposureAverage",
+    "DistiLLMConfig", "DType", "EmbeddedConfig", "EvalConfig", "EvalSetConfig", "EvalSetKind", "ExposureAverage",
     "ExposureBiasConfig", "FinetuneConfig", "GenerationConfig", "HiddenConfig", "HiddenLoss", "JudgeBackend",
     "JudgeConfig", "LmEvalConfig", "LoggerConfig", "LoggerKind", "LoggerMode", "MethodConfig", "MiniLLMConfig",
     "ModelConfig", "ModelSource", "OnPolicyConfig", "OptimConfig", "PathsConfig", "ReplaySchedule",

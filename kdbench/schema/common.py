@@ -21,6 +21,13 @@ class ModelSource(StrEnum):
     pretrained = "pretrained"
 
 
+class DType(StrEnum):
+    """The dtype a model's weights are loaded or built in (kdbench.models.loading.DTYPES)."""
+    float32 = "float32"
+    bfloat16 = "bfloat16"
+    float16 = "float16"
+
+
 class Selection(StrEnum):
     """Which weights a run keeps: the validation with the best ROUGE-L, or the last."""
     best_rouge_l = "best_rouge_l"
@@ -110,7 +117,7 @@ class ModelConfig:
     # Tokenizer id or folder; null means the model folder's own (pretrained) or the data's tokenizer (scratch).
     tokenizer: str | None = None
     arch: ArchConfig = field(default_factory=ArchConfig)
-    dtype: str = "float32"
+    dtype: DType = DType.float32
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
 
 
