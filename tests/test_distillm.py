@@ -102,3 +102,13 @@ def test_distillm_run_brings_in_student_outputs_and_moves_toward_the_teacher(sma
     assert sum(c.values()) == 40 and c["fresh"] > 0 and c["data"] > 0, c
     assert module.generated_tokens > 0 and len(module.buffer) > 0
     assert module.threshold.reference is not None  # the loss before training was measured
+    # Its own validations, evenly inside the phase, whatever the trainer's cadence (val_every=10 here).
+    assert module.check_steps == {round(k * 40 / 11) for k in range(1, 11)} and module.threshold_checks == 10
+
+
+def test_the_threshold_is_checked_often_enough_to_engage():
+    from kdbench.methods.registry import method_of
+    from kdbench.schema import ConfigError
+
+    with pytest.raises(ConfigError, match=r"^method\.distillm\.threshold_checks=4: .*at least 5"):
+        method_of(_distillm(threshold_checks=4)).validate()

@@ -169,3 +169,30 @@ def test_micro_batches_leave_a_minillm_step_unchanged(small_tokenizer, small_tea
                                                      f"(the step's norm is {float(step.norm()):.3g})"
         moved = max(moved, float(step.abs().max()))
     assert moved > 1e-4  # the steps did change the weights
+
+
+def test_the_policy_gradient_phase_trains_at_the_official_share_of_the_sft_rate(small_tokenizer, small_teacher):
+    """The official scripts: SFT at 5e-4 (cosine), MiniLLM at 5e-6 with lr-min 5e-6: 1/100, constant after the
+    warmup. Built through the registry, as a run builds it."""
+    from kdbench.methods.registry import TrainingContext, method_of
+    from kdbench.models.loading import Loaded
+
+    tok = small_tokenizer
+    optim = trainer_cfg(100).optim
+    context = TrainingContext(steps=100, batch_size=4, micro_batch_size=None, optim=optim, vocab_size=len(tok),
+                              seed=0, max_prompt_length=256, cache_dir=None, show_progress=False)
+    method = OmegaConf.structured(MethodConfig(name="minillm", kind="minillm", divergence="forward_kl", alpha=0.5))
+    module = method_of(method).build(Loaded(tiny_model(tok, 0), tok, "s", 0, ""),
+                                     Loaded(small_teacher, tok, "t", 0, ""), context)
+    assert module.optim_cfg.lr == pytest.approx(optim.lr * 0.01)
+    assert module.optim_cfg.min_lr_ratio == 1.0 and module.optim_cfg.warmup_steps == optim.warmup_steps
+    scheduler = module.configure_optimizers()["lr_scheduler"]["scheduler"]
+    factors = [scheduler.lr_lambdas[0](s) for s in (optim.warmup_steps, 50, 99)]
+    assert factors == [1.0, 1.0, 1.0]  # no decay after the warmup
+    assert optim.lr == trainer_cfg(100).optim.lr  # the trainer's own settings untouched
+    method.minillm.lr_ratio = 0.5
+    method.minillm.constant_lr = False
+    module = method_of(method).build(Loaded(tiny_model(tok, 0), tok, "s", 0, ""),
+                                     Loaded(small_teacher, tok, "t", 0, ""), context)
+    assert module.optim_cfg.lr == pytest.approx(optim.lr * 0.5)
+    assert module.optim_cfg.min_lr_ratio == optim.min_lr_ratio

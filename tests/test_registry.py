@@ -196,15 +196,16 @@ def test_registering_a_kind_twice_fails_and_keeps_the_first(toy):
 
 # -------------------------------------------------------------------------------------------------- cost
 
-def test_cost_reports_what_results_json_had():
+def test_cost_reports_what_results_json_holds():
     sampled = dict(generated_tokens=1234, onpolicy_steps=3, rollouts=5,
-                   counts={"fresh": 2, "replay": 4, "data": 6}, threshold=SimpleNamespace(value=0.25))
+                   counts={"fresh": 2, "replay": 4, "data": 6}, threshold=SimpleNamespace(value=0.25),
+                   threshold_checks=10)
     module = SimpleNamespace(**sampled)
     assert _method("gkd").cost(module) == {"student_generated_tokens": 1234, "onpolicy_steps": 3}
     assert _method("minillm").cost(module) == {"student_generated_tokens": 1234, "rollouts": 5}
     assert _method("distillm").cost(module) == {"student_generated_tokens": 1234, "fresh_steps": 2,
-                                                "replay_steps": 4, "data_steps": 6,
-                                                "final_student_data_probability": 0.25}
+                                                "replay_steps": 4, "data_steps": 6, "student_output_steps": 6,
+                                                "threshold_checks": 10, "final_student_data_probability": 0.25}
     # Offline and seqkd sample nothing from the student: no cost keys, whatever the module carries.
     assert _method("kd").cost(module) == {}
     assert _method("seqkd").cost(module) == {}

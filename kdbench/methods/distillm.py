@@ -16,7 +16,10 @@ Per optimizer step, one draw r ~ U(0, 1) against the adaptive probability `thres
 `threshold` starts at `init_threshold` (0) and rises by `threshold_step` (0.1, at most 1) at a validation whose
 loss (the student's CE on the validation split) is at least `loss_eps` (0.1) above the reference loss; the
 reference is the loss before training and moves to the new loss whenever the threshold rises. So student outputs
-come in only when the student starts to overfit the fixed data, and more of them the more it does.
+come in only when the student starts to overfit the fixed data, and more of them the more it does. The
+validations that move the threshold are the method's own, `threshold_checks` of them evenly over its phase (the
+official code measures at every --eval-interval): tied to the trainer's validations, the schedule ran twice in a
+1,000-step phase and never engaged, and every method keeps the same selection validations.
 """
 
 from __future__ import annotations
@@ -82,7 +85,8 @@ class ReplayBuffer:
 
 
 class DistiLLMDistillation(OfflineDistillation):
-    RESUME_ATTRS = (*OfflineDistillation.RESUME_ATTRS, "_rng", "threshold", "buffer", "counts", "generated_tokens")
+    RESUME_ATTRS = (*OfflineDistillation.RESUME_ATTRS, "_rng", "threshold", "buffer", "counts", "generated_tokens",
+                    "threshold_checks")
 
     def __init__(self, student, teacher, method, optim, max_steps: int, vocab_size: int, pad_id: int, eos_id: int,
                  seed: int, micro_batch_size: int | None = None):
@@ -95,6 +99,11 @@ class DistiLLMDistillation(OfflineDistillation):
         self.buffer = ReplayBuffer(d.capacity, self._rng)
         self.counts = {"fresh": 0, "replay": 0, "data": 0}
         self.generated_tokens = 0
+        # The threshold's own validations (DistiLLMConfig.threshold_checks), evenly inside the phase (a check at
+        # its last step could change nothing).
+        n = d.threshold_checks
+        self.check_steps = {round(k * max_steps / (n + 1)) for k in range(1, n + 1)} - {0}
+        self.threshold_checks = 0
 
     # --------------------------------------------------------------------------------------------- data choice
 
@@ -124,6 +133,9 @@ class DistiLLMDistillation(OfflineDistillation):
     def training_step(self, batch, batch_idx):
         parts = batch["parts"] if "parts" in batch else [batch]
         device = parts[0]["input_ids"].device
+        if self.global_step in self.check_steps:
+            self.threshold.update(self._validation_ce())
+            self.threshold_checks += 1
         kind = self.choose(self.global_step)
         if kind == "fresh":
             parts = self._sample_fresh(parts, self.global_step)
@@ -140,19 +152,6 @@ class DistiLLMDistillation(OfflineDistillation):
         # a resumed run has it already, in the restored threshold.
         if not self.resumed:
             self.threshold.update(self._validation_ce())
-
-    def on_validation_epoch_start(self):
-        self._val = [0.0, 0]
-
-    def validation_step(self, batch, batch_idx):
-        sums = super().validation_step(batch, batch_idx)
-        self._val[0] += float(sums["ce"])
-        self._val[1] += sums["tokens"]
-        return sums
-
-    def on_validation_epoch_end(self):
-        if self._val[1]:
-            self.threshold.update(self._val[0] / self._val[1])
 
     def _validation_ce(self) -> float:
         import torch
@@ -191,6 +190,8 @@ class DistiLLM(Method):
         check(0.0 <= d.init_threshold <= 1.0, "method.distillm.init_threshold", d.init_threshold,
               "must lie in [0, 1]")
         check(d.capacity > 0, "method.distillm.capacity", d.capacity, "must be > 0")
+        check(d.threshold_checks >= 5, "method.distillm.threshold_checks", d.threshold_checks,
+              "the adaptive schedule needs at least 5 validations in the method's phase to engage")
         check_decoding(d.decoding, "method.distillm.decoding")
 
     def build(self, student, teacher, context: TrainingContext):
@@ -200,4 +201,6 @@ class DistiLLM(Method):
         # Fresh samples, replayed samples, data; and the adaptive probability where training ended.
         return {"student_generated_tokens": module.generated_tokens,
                 **{f"{k}_steps": v for k, v in module.counts.items()},
+                "student_output_steps": module.counts["fresh"] + module.counts["replay"],
+                "threshold_checks": module.threshold_checks,
                 "final_student_data_probability": module.threshold.value}

@@ -35,7 +35,7 @@ trainer.micro_batch_size splits the rollout's backward and the data batch's; the
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -44,7 +44,7 @@ from kdbench.generation.mixed import mixed_sample
 from kdbench.losses import chunked_divergence
 from kdbench.methods.offline import OfflineDistillation, chunk_rows
 from kdbench.methods.onpolicy import prompts_of_batch
-from kdbench.methods.registry import Method, TrainingContext, register
+from kdbench.methods.registry import Method, TrainingContext, phase_optim, register
 from kdbench.models.surgery import base_and_head, response_hidden
 from kdbench.schema import check, check_decoding
 
@@ -258,6 +258,7 @@ class MiniLLM(Method):
         check(0.0 <= q.teacher_mixed_alpha < 1.0, "method.minillm.teacher_mixed_alpha", q.teacher_mixed_alpha,
               "must lie in [0, 1)")
         check(q.ppo_epochs >= 1, "method.minillm.ppo_epochs", q.ppo_epochs, "must be >= 1")
+        check(q.lr_ratio > 0, "method.minillm.lr_ratio", q.lr_ratio, "must be > 0 (the official code: 0.01)")
         check(0.0 < q.gamma <= 1.0, "method.minillm.gamma", q.gamma, "must lie in (0, 1]")
         check(q.reward_scaling > 0, "method.minillm.reward_scaling", q.reward_scaling, "must be > 0")
         check(q.cliprange > 0, "method.minillm.cliprange", q.cliprange, "must be > 0")
@@ -266,7 +267,9 @@ class MiniLLM(Method):
               "teacher-mixed sampling applies temperature only: keep top_p 1 and top_k 0")
 
     def build(self, student, teacher, context: TrainingContext):
-        return self.sampling_module(MiniLLMDistillation, student, teacher, context)
+        q = self.cfg.minillm
+        optim = phase_optim(context.optim, lr_scale=q.lr_ratio, constant=q.constant_lr)
+        return self.sampling_module(MiniLLMDistillation, student, teacher, replace(context, optim=optim))
 
     def cost(self, module) -> dict:
         return {"student_generated_tokens": module.generated_tokens, "rollouts": module.rollouts}

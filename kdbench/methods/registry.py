@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any, ClassVar
 
 from kdbench.schema import ConfigError, check
@@ -128,6 +129,17 @@ class TrainingContext:
     max_prompt_length: int
     cache_dir: str | None
     show_progress: bool
+
+
+def phase_optim(optim, *, lr_scale: float = 1.0, constant: bool = False) -> SimpleNamespace:
+    """The optimizer settings of a method whose official recipe trains at another rate than SFT: the trainer's
+    settings with lr scaled by lr_scale and, when constant, no decay after the warmup (min_lr_ratio 1)."""
+    fields = ("lr", "weight_decay", "beta1", "beta2", "warmup_steps", "min_lr_ratio", "grad_clip")
+    out = SimpleNamespace(**{f: getattr(optim, f) for f in fields})
+    out.lr = optim.lr * lr_scale
+    if constant:
+        out.min_lr_ratio = 1.0
+    return out
 
 
 def _check_divergence_hp(fn, hp: dict, name: str) -> None:

@@ -69,6 +69,11 @@ class DistiLLMConfig:
     replay_ratio: ReplaySchedule = ReplaySchedule.decreasing
     # The student's sampling (the official code: temperature 1, top-p 1, top-k 0).
     decoding: Decoding = field(default_factory=Decoding)
+    # How many times the adaptive threshold re-measures the validation CE during the method's phase, evenly
+    # spaced (the official code does it at every evaluation, --eval-interval). Its own cadence, not the
+    # trainer's validations: the schedule engages whatever trainer.val_every is, and every method keeps the same
+    # selection candidates. At least 5 (issue 17).
+    threshold_checks: int = 10
 
 
 @dataclass
@@ -79,6 +84,11 @@ class MiniLLMConfig:
     teacher_mixed_alpha: float = 0.2
     # The mixed sampler applies temperature and max_new_tokens; top_p and top_k must stay off (1, 0).
     decoding: Decoding = field(default_factory=Decoding)
+    # The policy-gradient phase's learning rate as a share of trainer.optim.lr, held there after the warmup when
+    # constant_lr: the official scripts fine-tune (SFT) at 5e-4 with cosine decay and train MiniLLM at 5e-6 with
+    # lr-min 5e-6 (scripts/gpt2/sft/sft_base.sh, scripts/gpt2/minillm/train_base_xl.sh): 1/100, constant.
+    lr_ratio: float = 0.01
+    constant_lr: bool = True
     ppo_epochs: int = 4
     cliprange: float = 0.2
     reward_scaling: float = 0.5
