@@ -119,7 +119,8 @@ def _distill(cfg: DictConfig, start: RunStart, t_start: float) -> RunRecord:
             check_head_path(teacher.model, probe)
         t_train = time.perf_counter()
         select = SelectCheckpoint(val_rows[:cfg.trainer.select_rows], student.tokenizer, cfg.trainer.select,
-                                  cfg.trainer.select_max_new_tokens, cfg.data.max_prompt_length)
+                                  cfg.trainer.select_max_new_tokens, cfg.data.max_prompt_length,
+                                  **selection_candidates(cfg.trainer, warm))
         trainer = make_trainer(cfg.trainer, steps, logger, str(run_dir), callbacks=[select],
                                resume_path=resume_path, resume_config=training_cfg)
         fit(module, dm, trainer)
@@ -163,6 +164,22 @@ def _distill(cfg: DictConfig, start: RunStart, t_start: float) -> RunRecord:
         resume_path.unlink(missing_ok=True)  # the result is written: nothing left to resume
     print_run_table(record)
     return record
+
+
+def selection_candidates(trainer_cfg, warm: dict | None) -> dict:
+    """Every method chooses among the same global steps: the validations from the warm-start length W on
+    (trainer.select_after_warm_start), W itself being sft's validation there and a warm-started method's starting
+    weights, which are scored only where sft validates at W too (W a multiple of trainer.val_every)."""
+    from kdbench.stages.warm_start import warm_start_steps
+
+    w = warm_start_steps(trainer_cfg)
+    first = w if trainer_cfg.select_after_warm_start else 0
+    offset = warm["steps"] if warm else 0
+    if trainer_cfg.select_after_warm_start and w % trainer_cfg.val_every:
+        log.warning("trainer.val_every=%d does not divide the warm-start length %d: warm-started and other methods "
+                    "validate at different steps, so their selection candidates differ", trainer_cfg.val_every, w)
+    return {"step_offset": offset, "first_candidate": first,
+            "score_start": offset > 0 and offset == first and w % trainer_cfg.val_every == 0}
 
 
 @hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="train")

@@ -187,6 +187,10 @@ class TrainerConfig:
     # Which weights a run keeps (kdbench.training.selection): best_rouge_l, the validation with the best ROUGE-L on
     # select_rows validation prompts (MiniLLM's rule), or last. Every validation scores val/rouge_l either way.
     select: Selection = Selection.best_rouge_l
+    # Candidates are the validations from the warm-start length on (warm_start_steps, else max_steps // 2) for
+    # every method, warm-started or not; a warm-started method's starting weights count as that step's
+    # candidate. So every method chooses among the same steps. false: every validation is a candidate.
+    select_after_warm_start: bool = True
     select_rows: int = 200
     select_max_new_tokens: int = 128
     # Save the whole training state this often (minutes of training) so that an interrupted run, teacher stage
