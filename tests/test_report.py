@@ -13,7 +13,7 @@ import pytest
 
 from kdbench.report import build_table, collect_results, render_markdown
 from kdbench.report.cli import main
-from kdbench.report.compare import paired_verdicts, t95
+from kdbench.report.compare import holm, paired_pvalues, paired_verdicts, t95
 from kdbench.report.render import render_csv
 
 RL = "embedded_test/rouge_l"
@@ -356,3 +356,48 @@ def test_t_critical_values_are_exact_for_any_number_of_pairs():
         shift = k * se - statistics.fmean(noise)
         runs = {s: {RL: noise[s] + shift} for s in range(n)}
         assert paired_verdicts(runs, base, [RL])[RL] is clear
+
+
+def test_holm_rejects_step_down_against_alpha_over_the_tests_left():
+    # Sorted 0.01, 0.03, 0.04 over m = 3: 0.01 <= 0.05/3 rejected; 0.03 > 0.05/2 stops; 0.04 is not rejected
+    # although it is below 0.05/1 (step-down: nothing after the first acceptance).
+    assert holm({"a": 0.04, "b": 0.01, "c": 0.03}) == {"a": False, "b": True, "c": False}
+    assert holm({"a": 0.01, "b": 0.02, "c": 0.04}) == {"a": True, "b": True, "c": True}  # .0167, .025, .05
+    assert holm({}) == {}
+
+
+def test_paired_pvalues_are_scipys_paired_t_test():
+    base = {s: {RL: 0.0} for s in range(3)}
+    runs = {0: {RL: 1.0}, 1: {RL: 3.0}, 2: {RL: 0.2}}
+    # t = mean / (sd / sqrt 3) = 1.4 / (1.4422 / 1.7321) = 1.6814 on 2 dof: p = 0.2347 (two-sided)
+    assert paired_pvalues(runs, base, [RL])[RL] == pytest.approx(0.2347, abs=1e-3)
+    assert paired_pvalues({s: {RL: 2.0} for s in range(3)}, base, [RL]) == {RL: 0.0}  # the same shift every seed
+    assert paired_pvalues({s: {RL: 0.0} for s in range(3)}, base, [RL]) == {RL: 1.0}
+    assert paired_pvalues({0: {RL: 1.0}, 1: {RL: 2.0}}, base, [RL]) == {}  # two pairs: no test
+
+
+def test_the_table_corrects_its_marks_over_all_its_cells(tmp_path):
+    # Each of kd, rkl and jsd alone passes an uncorrected 5% test on RL (p ~ 0.03-0.04), but three tests at
+    # once do not survive Holm (the smallest needs p <= 0.0167).
+    sft = [40.0, 45.0, 50.0]
+    moves = {"kd": [1.1, 1.6, 2.1], "rkl": [1.1, 1.5, 1.9], "jsd": [1.2, 1.8, 2.4]}  # t = 5.5, 6.5, 5.2
+    for seed, v in enumerate(sft):
+        write_result(tmp_path, f"sft{seed}", method="sft", seed=seed, metrics={RL: v})
+    for method, move in moves.items():
+        for seed, (v, d) in enumerate(zip(sft, move)):
+            write_result(tmp_path, f"{method}{seed}", method=method, seed=seed, metrics={RL: v + d})
+    runs = {m: {s: {RL: sft[s] + d} for s, d in enumerate(move)} for m, move in moves.items()}
+    base = {s: {RL: v} for s, v in enumerate(sft)}
+    raw = {m: paired_pvalues(r, base, [RL])[RL] for m, r in runs.items()}
+    assert all(0.0167 < p < 0.05 for p in raw.values()), raw
+    assert all(paired_verdicts(r, base, [RL])[RL] for r in runs.values())  # each alone: marked
+    table = table_for(tmp_path)
+    assert table.n_tests == 3
+    assert [table.row(m, "tiny").clear_vs_sft for m in moves] == [{RL: False}] * 3
+    assert "*)" not in render_markdown(table, show_delta=True)  # no cell marked
+    # One clear move among the three (the same shift on every seed: p = 0) keeps its mark after the correction.
+    for seed, v in enumerate(sft):
+        write_result(tmp_path, f"kd{seed}", method="kd", seed=seed, metrics={RL: v + 3.0})
+    table = table_for(tmp_path)
+    assert table.row("kd", "tiny").clear_vs_sft == {RL: True}
+    assert "Holm-corrected over the table's 3 tests" in render_markdown(table, show_delta=True)

@@ -48,6 +48,8 @@ class Table:
     rows: list[Row]
     # Lines shown under the table: components the runs skipped, with why (they have no column to say it in).
     notes: list[str] = field(default_factory=list)
+    # How many paired tests vs sft the table's marks are corrected over (Holm).
+    n_tests: int = 0
 
     def row(self, method: str, student: str) -> Row | None:
         """The row for (method, student), or None."""
@@ -85,13 +87,48 @@ def t95(dof: int) -> float:
 def paired_verdicts(runs: dict, base: dict, keys: list[str], min_pairs: int = 3) -> dict[str, bool]:
     """Per metric: a paired t-test at 5% (two-sided) of the per-seed differences runs - base, over the seeds both
     have: is their mean more than t(0.975, n - 1) standard errors from zero? Absent with fewer than `min_pairs`
-    pairs. One test per cell: a table of many cells will mark some by chance (no multiple-comparison correction)."""
+    pairs. One test, uncorrected: the table corrects over its cells (`paired_pvalues` + `holm`)."""
     out = {}
     for key in keys:
         diffs = [runs[s][key] - base[s][key] for s in runs.keys() & base.keys() if key in runs[s] and key in base[s]]
         if len(diffs) >= min_pairs:
             se = statistics.stdev(diffs) / math.sqrt(len(diffs))
             out[key] = abs(statistics.fmean(diffs)) > t95(len(diffs) - 1) * se
+    return out
+
+
+def paired_pvalues(runs: dict, base: dict, keys: list[str], min_pairs: int = 3) -> dict[str, float]:
+    """Per metric: the two-sided p-value of a paired t-test (scipy.stats.ttest_rel) of runs vs base over the seeds
+    both have; absent with fewer than `min_pairs` pairs. A zero-variance difference gives p = 0 when its mean is
+    not 0 (every seed moved by the same amount), 1 when it is."""
+    from scipy.stats import ttest_rel
+
+    out = {}
+    for key in keys:
+        seeds = sorted((runs.keys() & base.keys()), key=str)
+        pairs = [(runs[s][key], base[s][key]) for s in seeds if key in runs[s] and key in base[s]]
+        if len(pairs) < min_pairs:
+            continue
+        a, b = zip(*pairs)
+        diffs = [x - y for x, y in pairs]
+        if statistics.pstdev(diffs) == 0:
+            out[key] = 0.0 if statistics.fmean(diffs) != 0 else 1.0
+        else:
+            out[key] = float(ttest_rel(a, b).pvalue)
+    return out
+
+
+def holm(pvalues: dict, alpha: float = 0.05) -> dict:
+    """Holm's step-down correction (Holm 1979): the family-wise error rate over all the tests stays <= alpha.
+    Sorted ascending, the i-th p-value (from 0) is rejected while p <= alpha / (m - i); the first that is not
+    stops the rejections. Returns {test: rejected}. (statsmodels' multipletests does the same; not worth its
+    dependency tree for ten lines.)"""
+    m = len(pvalues)
+    out = {k: False for k in pvalues}
+    for i, (key, p) in enumerate(sorted(pvalues.items(), key=lambda kv: kv[1])):
+        if p > alpha / (m - i):
+            break
+        out[key] = True
     return out
 
 
@@ -175,20 +212,26 @@ def build_table(results: list[RunRecord], metrics: list[str] | None = None) -> T
     student_rows.sort(key=lambda row: (student_key(row.student), _method_key(row.method)))
 
     sft = {row.student: row for row in student_rows if row.method == BASELINE_METHOD}
-    for row in student_rows:
+    # Every cell's paired test vs sft, then one Holm correction over all of them: a table of many cells would
+    # otherwise mark some by chance.
+    pvalues: dict[tuple[int, str], float] = {}
+    for i, row in enumerate(student_rows):
         base = sft.get(row.student)
         if base is None or row is base:
             continue
         row.delta_vs_sft = {key: cell.mean - base.cells[key].mean
                             for key, cell in row.cells.items() if key in base.cells}
-        row.clear_vs_sft = paired_verdicts(groups[(row.method, row.student)], groups[(BASELINE_METHOD, row.student)],
-                                           list(row.delta_vs_sft))
+        tested = paired_pvalues(groups[(row.method, row.student)], groups[(BASELINE_METHOD, row.student)],
+                                list(row.delta_vs_sft))
+        pvalues.update({(i, key): p for key, p in tested.items()})
+    for (i, key), rejected in holm(pvalues).items():
+        student_rows[i].clear_vs_sft[key] = rejected
 
     for row in rows + student_rows:
         per_seed = (teachers if row.method == TEACHER_METHOD else groups).get(
             row.student if row.method == TEACHER_METHOD else (row.method, row.student), {})
         row.notes = judge_coverage_notes(per_seed, row.cells)
-    return Table(columns=columns, rows=rows + student_rows, notes=judge_skip_notes(results))
+    return Table(columns=columns, rows=rows + student_rows, notes=judge_skip_notes(results), n_tests=len(pvalues))
 
 
 JUDGE_RATIO = "/judge/score_ratio"

@@ -46,8 +46,8 @@ def render_markdown(table: Table, precision: int = 1, show_delta: bool = False) 
         lines.append("| " + " | ".join(_escape(c) for c in cells) + " |")
     if show_delta and any(row.clear_vs_sft for row in table.rows):
         lines += ["", "(±: std over seeds; (+d): mean change vs the same student's sft; *: a paired t-test over the "
-                  "seeds puts the change away from 0 at 5%, two-sided, >= 3 seeds, one test per cell, uncorrected for "
-                  "the many cells)"]
+                  f"seeds puts the change away from 0 at 5%, two-sided, >= 3 seeds, Holm-corrected over the table's "
+                  f"{table.n_tests} tests)"]
     if table.notes:
         lines += ["", *table.notes]
     return "\n".join(lines) + "\n"
