@@ -630,3 +630,13 @@ def test_model_path_resolves_a_kdbench_run_folder(tmp_path):
     (run / "student" / "config.json").unlink()
     with pytest.raises(FileNotFoundError, match="without a saved student"):
         resolve_model_path(str(run))
+
+
+def test_exposure_bias_is_reported_within_the_teachers_answer_length():
+    from kdbench.evaluation.suite import reported_positions
+
+    # The teacher's samples run 12.6 tokens on average: positions past 12 measure length, not accumulated error.
+    assert reported_positions((5, 10, 20, 40, 80), 12.6, True) == [5, 10, 12]
+    assert reported_positions((5, 10, 20, 40, 80), 12.6, False) == [5, 10, 20, 40, 80]
+    assert reported_positions((5, 10), 0.4, True) == [1]  # at least the first position
+    assert reported_positions((2, 4, 6), 6.0, True) == [2, 4, 6]

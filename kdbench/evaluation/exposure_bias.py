@@ -31,8 +31,15 @@ Known differences from MiniLLM's script, which slices logits[:, prompt_len:] wit
 position is not pad" (pad = EOS for GPT-2): its first curve entry is our d_2 (it never scores the distribution
 of the first generated token given the prompt alone), its entry k is d_{k+2}, and a sequence cut at the length
 limit also gets the distribution after its last token. Its log reads index 15 (our l = 17 minus d_1). It samples
-once per prompt (eb_sample_times 1) with do_sample, top_k 0, top_p 1, temperature 1, max_length 512 (prompt
-included); the same settings are fixed here (max_new_tokens = L).
+with do_sample, top_k 0, top_p 1, temperature 1, max_length 512 (prompt included); the same settings are fixed
+here (max_new_tokens = L). Where kdbench departs on purpose:
+- no n-gram ban and no repetition penalty (no_repeat_ngram_size 0, repetition_penalty 1): the script's generation
+  takes its arguments' defaults (no_repeat_ngram_size 6), which changes what is sampled; exposure bias is about
+  the model's own distribution, so kdbench samples it purely;
+- eval.exposure_bias.samples_per_prompt (5 in the study profile) where the script samples once per prompt
+  (--eb-sample-times 1): with one sample on 96 prompts the curve's seed-to-seed std was 37 points for sft `tiny`;
+- the metrics are read at positions up to the teacher's mean sample length (eval.exposure_bias.
+  within_teacher_length), the students' and the teacher's mean lengths beside them.
 """
 
 from __future__ import annotations

@@ -18,6 +18,7 @@ teacher, tokenizers that differ) is recorded in `details["skipped"]` with the re
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -252,9 +253,24 @@ def _pair_components(student: Model, teacher: Model | None, eval_cfg, rows: dict
                                   samples_per_prompt=eb.samples_per_prompt, seed=eb.seed, batch_size=eb.batch_size,
                                   max_prompt_length=eval_cfg.max_prompt_length, average=eb.average,
                                   report_at=report_at)
-        for pos, at in curve["at"].items():
+        shown = reported_positions(report_at, curve["teacher_mean_length"], eb.within_teacher_length)
+        for pos in shown:
+            at = {k: curve[k][pos - 1] for k in ("R", "eps", "exaccerr")}
             res.metrics.update({f"exposure_bias/{k}@{pos}": v for k, v in at.items() if v is not None})
-        res.details["exposure_bias"] = {"set": eb.set, **curve}
+        # Beside the curve, how long each model's samples run: an ExAccErr past the teacher's length is mostly
+        # a length difference.
+        res.metrics.update({f"exposure_bias/{who}_mean_length": curve[f"{who}_mean_length"]
+                            for who in ("student", "teacher")})
+        res.details["exposure_bias"] = {"set": eb.set, "reported_at": shown, **curve}
+
+
+def reported_positions(report_at, teacher_mean_length: float, within_teacher_length: bool) -> list[int]:
+    """The curve positions that become metrics: the configured ones, or with within_teacher_length those up to
+    the teacher's mean sample length plus that length (floored, at least 1) itself."""
+    if not within_teacher_length:
+        return sorted(report_at)
+    limit = max(1, math.floor(teacher_mean_length))
+    return sorted({p for p in report_at if p <= limit} | {min(limit, max(report_at))})
 
 
 # ---------------------------------------------------------------------------------------------------- lm-eval

@@ -156,6 +156,9 @@ class ExposureBiasConfig:
     # sequence (Arora et al.'s expectation) or alive (MiniLLM's script); see the module docstring.
     average: ExposureAverage = ExposureAverage.sequence
     report_at: list[int] = field(default_factory=lambda: [10, 25, 50, 100])
+    # Report only positions up to the teacher's mean sample length (and that length itself): past it most teacher
+    # samples have ended, and the curve measures answer length more than accumulated error.
+    within_teacher_length: bool = True
     batch_size: int = 16
 
 
