@@ -126,8 +126,10 @@ def test_response_lengths_span_one_word_to_long(small_splits, tok):
 
 
 def test_wrong_version_raises_naming_it():
-    with pytest.raises(ValueError, match=rf"data\.version={BENCHMARK_VERSION + 1}\b"):
-        generate_splits(version=BENCHMARK_VERSION + 1, sizes=SMALL)
+    from kdbench.data.embedded import VERSIONS
+
+    with pytest.raises(ValueError, match=rf"data\.version={max(VERSIONS) + 1}\b"):
+        generate_splits(version=max(VERSIONS) + 1, sizes=SMALL)
 
 
 def test_rule_sort(small_splits):

@@ -17,6 +17,15 @@ the share of the validation and test splits (EVAL_WEIGHTS): a one-layer student 
 match at every budget up to 256k steps on v3) while the teacher does, so they are where model size shows at
 convergence; `profile` writes the name first on every table row and answer line, so the name is the same token
 in both.
+
+Version 5 makes the truth a distribution p*(y | x) (answer_distribution), so that distillation methods can be told
+apart: on v4 every prompt has one right answer, the teacher is one-hot and distilling it is fine-tuning. Each
+split holds one sample of p* per prompt as its `output`, as real data holds one human answer. Its families
+(kdbench.data.families): `choice` (several right answers, popular ones likelier), `pairs` (a team of two or three
+written in a free order: a joint over sets and orders with sharp modes), `story` (60-130 tokens from a stochastic
+grammar whose validity depends on earlier sentences, checkable word by word), `mood` (a review whose label
+posterior is a logistic of its score: calibration against the truth), `sum` (deterministic, with a `rationale`)
+and v4's `reverse` and `sort` as deterministic controls.
 """
 
 from __future__ import annotations
@@ -25,21 +34,17 @@ import hashlib
 import random
 from dataclasses import dataclass
 
+from kdbench.data.distributions import AnswerDistribution, point_mass
+from kdbench.data.families import choice, mood, pairs, story, sums
+from kdbench.data.families.words import ANIMALS, ASPECTS, COLORS, NAMES, NEGATIVE, POSITIVE
+
 # Bump when any rule below changes: the teacher cache and the shipped teacher are keyed by it.
 BENCHMARK_VERSION = 4
 
-ANIMALS = ["cat", "dog", "fox", "owl", "bear", "wolf", "duck", "frog", "goat", "hare", "lion", "mole", "seal",
-           "swan", "toad", "crab"]
-COLORS = ["red", "blue", "green", "yellow", "black", "white", "pink", "brown", "gray", "purple", "orange", "gold"]
-NAMES = ["Alice", "Bob", "Carol", "David", "Emma", "Frank", "Grace", "Henry", "Irene", "Jack", "Karen", "Leo",
-         "Maria", "Nina", "Oscar", "Paul", "Rita", "Sam", "Tina", "Victor"]
 CITIES = ["Paris", "Rome", "Oslo", "Lima", "Cairo", "Tokyo", "Delhi", "Quito", "Dublin", "Vienna", "Prague",
           "Madrid", "Berlin", "Athens", "Seoul", "Nairobi"]
 JOBS = ["baker", "doctor", "farmer", "pilot", "teacher", "painter", "lawyer", "nurse", "chef", "writer", "tailor",
         "singer", "driver", "dentist"]
-ASPECTS = ["food", "service", "room", "music", "price", "view", "staff", "coffee", "bed", "menu", "garden", "show"]
-POSITIVE = ["great", "lovely", "excellent", "pleasant", "superb", "friendly", "clean", "tasty"]
-NEGATIVE = ["awful", "terrible", "rude", "dirty", "boring", "noisy", "bland", "poor"]
 SENTIMENT_LABELS = ("positive", "negative", "neutral")
 
 FAMILIES = ("largest", "sentiment", "reverse", "sort", "filter", "profile")
@@ -169,6 +174,52 @@ GENERATORS = {"largest": _largest, "sentiment": _sentiment, "reverse": _reverse,
               "profile": _profile}
 
 
+# Version 5: the truth is a distribution p*(y | x) (answer_distribution), the splits hold one sample of it per
+# prompt. The families are in kdbench.data.families; `reverse` and `sort` are v4's, deterministic controls.
+FAMILIES_V5 = ("choice", "pairs", "story", "mood", "sum", "reverse", "sort")
+MOOD_LABELS = mood.LABELS  # the label words of `mood`, for a calibration set's config
+# As TRAIN_WEIGHTS: a family's share of the training signal is (frequency x response tokens). A story is ~86
+# tokens (61-132), a choice or a mood one: these weights keep `story` at ~35% of the response tokens (sort 17%,
+# the rest 7-13% each) while it still holds ~1,200 stories (~15,000 sentences) to learn the grammar from.
+TRAIN_WEIGHTS_V5 = {"choice": 3.0, "pairs": 2.0, "story": 0.35, "mood": 3.0, "sum": 2.0, "reverse": 1.0, "sort": 1.0}
+# Validation and test: the families with a non-trivial p* (choice, pairs, mood) count twice, the deterministic
+# ones once; `story` once is already 2.2 of the 3.1 nats of the mean test entropy (22 nats a story).
+EVAL_WEIGHTS_V5 = {"choice": 2, "pairs": 2, "story": 1, "mood": 2, "sum": 1, "reverse": 1, "sort": 1}
+
+_BENCHMARKS = {
+    4: (FAMILIES, GENERATORS, TRAIN_WEIGHTS, EVAL_CYCLE),
+    5: (FAMILIES_V5,
+        {"choice": choice.generate, "pairs": pairs.generate, "story": story.generate, "mood": mood.generate,
+         "sum": sums.generate, "reverse": _reverse, "sort": _sort},
+        TRAIN_WEIGHTS_V5,
+        tuple(f for f in FAMILIES_V5 for _ in range(EVAL_WEIGHTS_V5[f]))),
+}
+VERSIONS = tuple(_BENCHMARKS)
+
+
+def _reversed_words(instruction: str, input_: str) -> AnswerDistribution:
+    return point_mass(", ".join(reversed(input_.split(", "))))
+
+
+def _sorted_numbers(instruction: str, input_: str) -> AnswerDistribution:
+    return point_mass(", ".join(map(str, sorted(int(x) for x in input_.split(", ")))))
+
+
+_DISTRIBUTIONS = {"choice": choice.distribution, "pairs": pairs.distribution, "story": story.distribution,
+                  "mood": mood.distribution, "sum": sums.distribution, "reverse": _reversed_words,
+                  "sort": _sorted_numbers}
+
+
+def answer_distribution(row: dict) -> AnswerDistribution:
+    """p*(y | x) of a benchmark-v5 row, from its instruction, input and category alone (never its output: that is
+    one sample of it). A category outside v5 or a prompt its family cannot have written is a ValueError."""
+    build = _DISTRIBUTIONS.get(row.get("category"))
+    if build is None:
+        raise ValueError(f"category={row.get('category')!r}: answer_distribution knows the embedded benchmark "
+                         f"version 5 categories {list(FAMILIES_V5)}")
+    return build(row["instruction"], row["input"])
+
+
 def _key(instruction: str, input_: str) -> str:
     return hashlib.sha1(f"{instruction}\x00{input_}".encode()).hexdigest()
 
@@ -176,14 +227,16 @@ def _key(instruction: str, input_: str) -> str:
 def generate_splits(seed: int = 0, version: int = BENCHMARK_VERSION,
                     sizes: SplitSizes = SplitSizes()) -> dict[str, list[dict]]:
     """Generate train/validation/test rows with no prompt shared between splits; validation and test cycle
-    through EVAL_CYCLE, train is drawn with TRAIN_WEIGHTS.
+    through the version's eval cycle (v4: EVAL_CYCLE), train is drawn with its train weights (v4: TRAIN_WEIGHTS).
 
     Test and validation are drawn first and reserved, then train skips any (instruction, input) pair already
-    used, so test instructions with their inputs never occur in train.
+    used, so test instructions with their inputs never occur in train. A v5 `sum` row also carries `rationale`.
     """
-    if version != BENCHMARK_VERSION:
-        raise ValueError(f"data.version={version}: this kdbench generates embedded benchmark version "
-                         f"{BENCHMARK_VERSION} only; install the kdbench release that made version {version}")
+    if version not in _BENCHMARKS:
+        raise ValueError(f"data.version={version}: this kdbench generates embedded benchmark versions "
+                         f"{', '.join(map(str, VERSIONS))} only; install the kdbench release that made version "
+                         f"{version}")
+    families, generators, train_weights, eval_cycle = _BENCHMARKS[version]
     rng = random.Random(f"kdbench-embedded-v{version}-seed{seed}")
     seen: set[str] = set()
     splits: dict[str, list[dict]] = {}
@@ -193,15 +246,20 @@ def generate_splits(seed: int = 0, version: int = BENCHMARK_VERSION,
         i = 0
         while len(rows) < target:
             if split == "train":
-                family = rng.choices(FAMILIES, weights=[TRAIN_WEIGHTS[f] for f in FAMILIES])[0]
+                family = rng.choices(families, weights=[train_weights[f] for f in families])[0]
             else:
-                family = EVAL_CYCLE[i % len(EVAL_CYCLE)]
+                # v4 moved along the cycle at every draw, a skipped duplicate too (kept: its splits' bytes); v5 at
+                # every row kept, so the shares stay exact though `mood` has few one-clause prompts to draw.
+                family = eval_cycle[(i if version == 4 else len(rows)) % len(eval_cycle)]
             i += 1
-            instruction, input_, output = GENERATORS[family](rng)
+            instruction, input_, output, *rationale = generators[family](rng)
             key = _key(instruction, input_)
             if key in seen:
                 continue
             seen.add(key)
-            rows.append({"instruction": instruction, "input": input_, "output": output, "category": family})
+            row = {"instruction": instruction, "input": input_, "output": output, "category": family}
+            if rationale:
+                row["rationale"] = rationale[0]
+            rows.append(row)
         splits[split] = rows
     return splits
