@@ -401,3 +401,41 @@ def test_the_table_corrects_its_marks_over_all_its_cells(tmp_path):
     table = table_for(tmp_path)
     assert table.row("kd", "tiny").clear_vs_sft == {RL: True}
     assert "Holm-corrected over the table's 3 tests" in render_markdown(table, show_delta=True)
+
+
+def _with_items(path, items):
+    data = json.loads(path.read_text())
+    data["eval"] = {"items": items}
+    path.write_text(json.dumps(data))
+
+
+def test_one_seed_cells_get_a_bootstrap_interval_over_test_items(tmp_path):
+    from kdbench.report.intervals import bootstrap_ci, paired_bootstrap_ci
+
+    # 0/1 exact-match items, mean 0.3 over 200: the percentile interval is about mean +- 1.96 sqrt(.3 .7 / 200).
+    items = [1.0] * 60 + [0.0] * 140
+    lo, hi = bootstrap_ci(items)
+    half = 1.96 * math.sqrt(0.3 * 0.7 / 200)
+    assert lo < 0.3 < hi and lo == pytest.approx(0.3 - half, abs=0.015) and hi == pytest.approx(0.3 + half, abs=0.015)
+    assert bootstrap_ci(items) == (lo, hi)  # seeded: the same table every time
+    assert bootstrap_ci([5.0] * 10) == (5.0, 5.0) and bootstrap_ci([1.0]) is None
+    # Paired: a shift of +1 on every item has no spread at all; unequal lengths have no pairing.
+    assert paired_bootstrap_ci([x + 1 for x in items], items) == (1.0, 1.0)
+    assert paired_bootstrap_ci(items[:10], items) is None
+
+    sft_items = [40.0, 42.0, 38.0, 41.0, 39.0, 40.0]
+    kd_items = [42.0, 43.0, 41.0, 42.0, 40.0, 42.0]
+    _with_items(write_result(tmp_path, "sft", method="sft", metrics={RL: statistics.fmean(sft_items)}),
+                {RL: sft_items})
+    _with_items(write_result(tmp_path, "kd", method="kd", metrics={RL: statistics.fmean(kd_items)}), {RL: kd_items})
+    table = table_for(tmp_path, [RL])
+    kd, sft = table.row("kd", "tiny"), table.row("sft", "tiny")
+    assert kd.cells[RL].ci == bootstrap_ci(kd_items) and sft.cells[RL].ci == bootstrap_ci(sft_items)
+    assert kd.delta_ci[RL] == paired_bootstrap_ci(kd_items, sft_items)
+    assert 0 < kd.delta_ci[RL][0] < kd.delta_vs_sft[RL] < kd.delta_ci[RL][1]
+    md = render_markdown(table, show_delta=True)
+    lo, hi = kd.cells[RL].ci
+    assert f"{kd.cells[RL].mean:.1f} [{lo:.1f}, {hi:.1f}]" in md and "bootstrap interval over the test items" in md
+    # With two seeds the spread over seeds is shown instead, and no item interval.
+    write_result(tmp_path, "kd1", method="kd", seed=1, metrics={RL: 43.0})
+    assert table_for(tmp_path, [RL]).row("kd", "tiny").cells[RL].ci is None

@@ -22,6 +22,8 @@ class Cell:
     mean: float
     std: float | None  # sample std (ddof=1); None with one value, where it is undefined
     n: int
+    # One seed: a 95% bootstrap CI of the mean over the run's test items (results.json eval.items), if it has them.
+    ci: tuple[float, float] | None = None
 
 
 @dataclass
@@ -37,6 +39,8 @@ class Row:
     # fixes the student's init and data order for every method). Only with at least 3 shared seeds; metric keys
     # without a verdict are absent.
     clear_vs_sft: dict[str, bool] = field(default_factory=dict)
+    # One seed on both sides: a 95% paired bootstrap CI of the change vs sft over the same test items.
+    delta_ci: dict[str, tuple[float, float]] = field(default_factory=dict)
     # metric key -> a caveat shown beside the cell, e.g. a judge ratio over part of its verdicts ("partial: 10 of
     # 12 verdicts"): it reads like a full one otherwise.
     notes: dict[str, str] = field(default_factory=dict)
@@ -146,6 +150,8 @@ def build_table(results: list[RunRecord], metrics: list[str] | None = None) -> T
     """
     # group key -> {seed: metrics}; one entry per seed so a duplicated run cannot inflate n.
     groups: dict[tuple[str, str], dict[object, dict[str, float]]] = {}
+    # (method, student) -> {seed: {metric: per-item values}} (results.json eval.items; student metrics only)
+    items: dict[tuple[str, str], dict[object, dict[str, list]]] = {}
     teachers: dict[str, dict[object, dict[str, float]]] = {}
     student_params: dict[str, float] = {}
     seen_keys: dict[str, None] = {}  # ordered set
@@ -163,6 +169,9 @@ def build_table(results: list[RunRecord], metrics: list[str] | None = None) -> T
         for key in [*values, *teacher_values]:
             seen_keys.setdefault(key, None)
 
+        per_item = (r.eval or {}).get("items")
+        if isinstance(per_item, dict):
+            items.setdefault((method, student), {}).setdefault(seed, per_item)
         seeds = groups.setdefault((method, student), {})
         if seed in seeds:
             # The same model twice: typically its training run and a later `kdbench-eval` of it with a larger
@@ -226,12 +235,37 @@ def build_table(results: list[RunRecord], metrics: list[str] | None = None) -> T
         pvalues.update({(i, key): p for key, p in tested.items()})
     for (i, key), rejected in holm(pvalues).items():
         student_rows[i].clear_vs_sft[key] = rejected
+    _item_intervals(student_rows, sft, items)
 
     for row in rows + student_rows:
         per_seed = (teachers if row.method == TEACHER_METHOD else groups).get(
             row.student if row.method == TEACHER_METHOD else (row.method, row.student), {})
         row.notes = judge_coverage_notes(per_seed, row.cells)
     return Table(columns=columns, rows=rows + student_rows, notes=judge_skip_notes(results), n_tests=len(pvalues))
+
+
+def _one_seed_items(items: dict, row: Row) -> dict[str, list]:
+    seeds = items.get((row.method, row.student), {})
+    return next(iter(seeds.values())) if row.n_seeds == 1 and len(seeds) == 1 else {}
+
+
+def _item_intervals(student_rows: list[Row], sft: dict[str, Row], items: dict) -> None:
+    """Where a row has one seed: each cell's bootstrap CI over its test items and, against a one-seed sft of the
+    same student over the same items, the paired CI of the change (reading order: the seed spread is unknown)."""
+    from kdbench.report.intervals import bootstrap_ci, paired_bootstrap_ci
+
+    for row in student_rows:
+        own = _one_seed_items(items, row)
+        for key, cell in row.cells.items():
+            if key in own:
+                cell.ci = bootstrap_ci(own[key])
+        base = sft.get(row.student)
+        base_items = _one_seed_items(items, base) if base is not None and base is not row else {}
+        for key in row.delta_vs_sft:
+            if key in own and key in base_items:
+                ci = paired_bootstrap_ci(own[key], base_items[key])
+                if ci is not None:
+                    row.delta_ci[key] = ci
 
 
 JUDGE_RATIO = "/judge/score_ratio"

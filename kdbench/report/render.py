@@ -22,12 +22,16 @@ def _format_cell(row: Row, key: str, precision: int, show_delta: bool) -> str:
     text = f"{cell.mean:.{precision}f}"
     if cell.std is not None:
         text += f" ± {cell.std:.{precision}f}"
+    elif cell.ci is not None:
+        text += f" [{cell.ci[0]:.{precision}f}, {cell.ci[1]:.{precision}f}]"
     if cell.n != row.n_seeds:
         # Fewer values than the row has seeds: say so, or the ± reads as if it covered every seed.
         text += f" (n={cell.n})"
     if show_delta and key in row.delta_vs_sft:
         mark = "*" if row.clear_vs_sft.get(key) else ""
-        text += f" ({row.delta_vs_sft[key]:+.{precision}f}{mark})"
+        ci = row.delta_ci.get(key)
+        interval = f" [{ci[0]:+.{precision}f}, {ci[1]:+.{precision}f}]" if ci else ""
+        text += f" ({row.delta_vs_sft[key]:+.{precision}f}{mark}{interval})"
     if key in row.notes:
         text += f" [{row.notes[key]}]"
     return text
@@ -48,6 +52,9 @@ def render_markdown(table: Table, precision: int = 1, show_delta: bool = False) 
         lines += ["", "(±: std over seeds; (+d): mean change vs the same student's sft; *: a paired t-test over the "
                   f"seeds puts the change away from 0 at 5%, two-sided, >= 3 seeds, Holm-corrected over the table's "
                   f"{table.n_tests} tests)"]
+    if any(cell.ci for row in table.rows for cell in row.cells.values()):
+        lines += ["", "([lo, hi]: one seed, a 95% bootstrap interval over the test items; beside a change vs sft, the "
+                  "paired interval of the change over the same items)"]
     if table.notes:
         lines += ["", *table.notes]
     return "\n".join(lines) + "\n"
