@@ -100,7 +100,8 @@ def _evaluate(cfg: DictConfig, start, t_start: float) -> RunRecord:
         t_eval = time.perf_counter()
         reference = Model(teacher.model, teacher.tokenizer, teacher.name, teacher.fingerprint) if teacher else None
         suite = run_suite(Model(student.model, student.tokenizer, student.name), reference, e, cfg.data.embedded,
-                          cache_dir=str(cache_dir), out_dir=run_dir, show_progress=cfg.trainer.progress)
+                          cache_dir=str(cache_dir), out_dir=run_dir, show_progress=cfg.trainer.progress,
+                          response_length=cfg.data.max_response_length)
         eval_seconds = time.perf_counter() - t_eval
         record = build_record(
             labels=RunLabels(method=method, student=student.name, teacher=teacher.name if teacher else None,

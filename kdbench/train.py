@@ -134,7 +134,7 @@ def _distill(cfg: DictConfig, start: RunStart, t_start: float) -> RunRecord:
         reference = Model(teacher.model, teacher.tokenizer, teacher.name, teacher.fingerprint) if teacher else None
         suite = run_suite(Model(student.model, student.tokenizer, student.name), reference, cfg.eval,
                           cfg.data.embedded, cache_dir=str(cache_dir), out_dir=run_dir,
-                          show_progress=cfg.trainer.progress)
+                          show_progress=cfg.trainer.progress, response_length=cfg.data.max_response_length)
         eval_seconds = time.perf_counter() - t_eval
 
         record = build_record(

@@ -37,6 +37,9 @@ class SetOutput:
     length_buckets: dict | None = None
     new_tokens: int = 0
     seconds: float = 0.0
+    # `<set>/<metric>` -> its per-item scores, in row order: a one-seed run's report interval is a bootstrap over
+    # them (kdbench.report.intervals).
+    items: dict[str, list[float]] = field(default_factory=dict)
 
 
 def _plain(node) -> dict:
@@ -102,13 +105,17 @@ def run_generation(model, tokenizer, prompts: list[str], settings: GenerationSet
     return run()
 
 
-def text_metrics(name: str, rows: list[dict], texts: list[str], metrics, by_category: bool) -> dict[str, float]:
-    """`<set>/<metric>` (mean over rows) and `<set>/<category>/<metric>`."""
+def text_metrics(name: str, rows: list[dict], texts: list[str], metrics, by_category: bool,
+                 items: dict | None = None) -> dict[str, float]:
+    """`<set>/<metric>` (mean over rows) and `<set>/<category>/<metric>`; `items`, when given, receives each
+    `<set>/<metric>`'s per-item scores."""
     refs = [r["references"] for r in rows]
     out = {}
     for metric in metrics:
         scores = PER_ITEM[metric](texts, refs)
         out[f"{name}/{metric}"] = sum(scores) / len(scores)
+        if items is not None:
+            items[f"{name}/{metric}"] = [round(float(s), 4) for s in scores]
         if by_category:
             by_cat = defaultdict(list)
             for r, s in zip(rows, scores):
@@ -131,7 +138,7 @@ def evaluate_generation_set(name: str, rows: list[dict], set_cfg, eval_cfg, mode
     m = out.metrics
     m[f"{name}/n"] = len(rows)
     m[f"{name}/n_truncated_prompts"] = result.n_truncated
-    m.update(text_metrics(name, rows, result.texts, set_cfg.metrics, set_cfg.by_category))
+    m.update(text_metrics(name, rows, result.texts, set_cfg.metrics, set_cfg.by_category, out.items))
     refs = [r["references"] for r in rows]
     if set_cfg.length_buckets:
         buckets = parse_length_buckets(set_cfg.length_buckets, f"eval.sets.{name}.length_buckets")

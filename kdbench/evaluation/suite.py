@@ -3,16 +3,18 @@
 
     per model     generation sets (generation_sets.py: greedy text metrics, length buckets, Dist-4, repetition,
                   LM loss; MiniLLM's sampling profile), classification sets (classification_sets.py: accuracy,
-                  ECE, Brier, reliability diagram), the LLM judge against the gold responses, lm-eval tasks
-                  (the student only)
+                  ECE, Brier, reliability diagram), the LLM judge against the gold responses, metrics against
+                  the true answer distribution where a set enables truth (truth_sets.py, embedded v5), lm-eval
+                  tasks (the student only)
     per pair      teacher-student agreement on gold responses, ExAccErr (both need the teacher and a shared
                   tokenizer)
     figures       plots.py, next to results.json
 
 Metric keys: `<set>/<metric>`, `<set>/<category>/<metric>`, `<set>/rouge_l@<bucket>`, `<set>/sampled/<metric>_mean`
 and `_std`, `<set>/judge/score_ratio`, `agreement/forward_kl` and `agreement/top1`, `exposure_bias/exaccerr@<l>`
-(with `R@<l>`, `eps@<l>`), `lm_eval/<task>/<metric>`. A component that cannot run (no judge configured, no
-teacher, tokenizers that differ) is recorded in `details["skipped"]` with the reason, never as a score.
+(with `R@<l>`, `eps@<l>`), `<set>/truth/<metric>` and `<set>/<family>/truth/<metric>`, `lm_eval/<task>/<metric>`.
+A component that cannot run (no judge configured, no teacher, tokenizers that differ) is recorded in
+`details["skipped"]` with the reason, never as a score.
 """
 
 from __future__ import annotations
@@ -86,12 +88,16 @@ class _Clock:
 
 
 def run_suite(student: Model, teacher: Model | None, eval_cfg, embedded_cfg, *, cache_dir: str | None = None,
-              out_dir: str | Path | None = None, show_progress: bool = True) -> SuiteResult:
+              out_dir: str | Path | None = None, show_progress: bool = True,
+              response_length: int | None = None) -> SuiteResult:
     """Evaluate `student` (and `teacher` as the reference row when eval.teacher) with every configured component.
 
     `teacher` may be given with eval.teacher false: the pair components (agreement, ExAccErr) still use it.
-    Figures and lm-eval's data files go under `out_dir` (no figures without one)."""
+    Figures and lm-eval's data files go under `out_dir` (no figures without one). `response_length`: the
+    max_response_length the models were trained with (data.max_response_length), for the truth metrics' scoring
+    of answers as training encodes them (None: eval.max_response_length)."""
     from kdbench.evaluation.classification_sets import evaluate_classification_set, load_items
+    from kdbench.evaluation.truth_sets import evaluate_truth, load_truth_rows
 
     res = SuiteResult(details={"skipped": {}, "seconds": {}})
     skipped, clock = res.details["skipped"], _Clock(res.details["seconds"])
@@ -106,6 +112,10 @@ def run_suite(student: Model, teacher: Model | None, eval_cfg, embedded_cfg, *, 
     cls_sets = {n: s for n, s in reachable.items() if s.kind == "classification"}
     with clock("load_data"):
         rows = {n: _named(n, load_set_rows, s, eval_cfg, embedded_cfg) for n, s in gen_sets.items()}
+        # Before any model runs (and before a v5 family's classification set finds no row of it): a set that
+        # cannot have p* (data.embedded.version < 5) fails now, naming the keys, not after hours.
+        truth = {n: _named(n, load_truth_rows, n, s, eval_cfg, embedded_cfg, rows.get(n))
+                 for n, s in reachable.items() if s.truth.enabled}
         items = {n: _named(n, load_items, n, s, eval_cfg, embedded_cfg) for n, s in cls_sets.items()}
     sampled = list(gen_sets) if eval_cfg.sampling.sets is None else list(eval_cfg.sampling.sets)
     judge_cfg, judge_reason = _judge_config(eval_cfg)
@@ -123,6 +133,8 @@ def run_suite(student: Model, teacher: Model | None, eval_cfg, embedded_cfg, *, 
             with clock(f"generation/{name}"):
                 out = evaluate_generation_set(name, rows[name], s, eval_cfg, m.model, m.tokenizer, role, **cache)
             metrics.update(out.metrics)
+            if role == "student":  # per-item scores: a one-seed report's bootstrap interval (report.intervals)
+                res.details.setdefault("items", {}).update(out.items)
             res.new_tokens += out.new_tokens if role == "student" else 0
             res.samples += samples_of(name, rows[name], out.texts, role, eval_cfg.num_samples)
             if out.length_buckets is not None:
@@ -141,6 +153,12 @@ def run_suite(student: Model, teacher: Model | None, eval_cfg, embedded_cfg, *, 
                 values, diagram = evaluate_classification_set(name, items[name], s, eval_cfg, m.model, m.tokenizer)
             metrics.update(values)
             reliability.setdefault(name, {})[role] = diagram
+        for name, truth_rows in truth.items():
+            with clock(f"truth/{name}"):
+                values, detail = evaluate_truth(name, truth_rows, reachable[name], eval_cfg, m.model, m.tokenizer,
+                                                response_length)
+            metrics.update(values)
+            res.details.setdefault("truth", {}).setdefault(name, {})[role] = detail
     if buckets:
         res.details["length_buckets"] = buckets
     if reliability:

@@ -83,6 +83,26 @@ def parse_length_buckets(specs, key: str = "length_buckets") -> list[tuple[int, 
     return out
 
 
+def check_truth(s: Any, key: str) -> None:
+    """An eval set's `truth` block (kdbench.schema.evaluation.TruthConfig), when enabled; `key` names the set."""
+    t = s.truth
+    if not t.enabled:
+        return
+    check(s.source.kind == "embedded", f"{key}.truth.enabled", t.enabled,
+          f"the true answer distribution exists for embedded rows only (benchmark v5), and {key}.source.kind is "
+          f"{getattr(s.source.kind, 'value', s.source.kind)!r}; switch truth off for this set")
+    check(t.num_prompts is None or t.num_prompts > 0, f"{key}.truth.num_prompts", t.num_prompts,
+          "must be > 0 (null: every row of each family)")
+    check(t.k >= 1, f"{key}.truth.k", t.k, "precision and recall need at least one sample a prompt")
+    check(t.kl_samples >= 2, f"{key}.truth.kl_samples", t.kl_samples,
+          "a Monte Carlo KL's standard error needs at least 2 draws a prompt")
+    check(t.exact_up_to is None or t.exact_up_to >= 0, f"{key}.truth.exact_up_to", t.exact_up_to,
+          "must be >= 0 (0: always Monte Carlo; null: exact wherever p* lists its support)")
+    lengths = list(t.validity_lengths)
+    check(all(n >= 1 for n in lengths) and len(set(lengths)) == len(lengths), f"{key}.truth.validity_lengths",
+          lengths, "word counts must be >= 1 and differ")
+
+
 def validate_eval(e: Any) -> None:
     """The evaluation profile's values (called by `validate`, and by kdbench-eval)."""
     check(e.max_prompt_length > 0, "eval.max_prompt_length", e.max_prompt_length, "must be > 0")
@@ -113,6 +133,7 @@ def validate_eval(e: Any) -> None:
             else:
                 check(bool(c.prompt or c.instruction), f"{k}.classification.instruction", c.instruction,
                       "give an instruction template (or classification.prompt)")
+        check_truth(s, k)
     sp = e.sampling
     if sp.enabled:
         check(len(sp.seeds) >= 1, "eval.sampling.seeds", list(sp.seeds), "give at least one seed")

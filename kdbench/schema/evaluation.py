@@ -60,6 +60,31 @@ class ClassificationConfig:
 
 
 @dataclass
+class TruthConfig:
+    """Metrics against the true answer distribution p*(y | x) of each row (kdbench.evaluation.truth_sets): only
+    for embedded sources of a benchmark with one (data.embedded.version=5). A generation set gets the true forward
+    KL, precision (T=1 samples and greedy), recall and, for the long-form family, validity; a classification set
+    the mean |q(label) - p*(label)|."""
+    enabled: bool = False
+    # The first num_prompts rows of each family, in the set's order (null: every row). 60 a family on the v5 test
+    # split: 420 prompts x (k + 1) answers a model, a family's precision pooled over 960 answers. Its cost is the
+    # sampling: on the tiny random student (whose answers never stop) ~5x the set's greedy pass over all 2,400
+    # rows; a trained model stops early on every family but `story`.
+    num_prompts: int | None = 60
+    # T=1 samples a prompt for precision and recall (recall compares them with as many draws of p*).
+    k: int = 16
+    # Draws of p* a prompt for the Monte Carlo KL where p* lists no support (or a larger one than exact_up_to).
+    kl_samples: int = 32
+    # Support size up to which the KL is exact (every listed answer scored once); above it, Monte Carlo. 128 keeps
+    # every listed v5 family exact (pairs lists at most 120 answers): no sampling noise for little more cost.
+    # null: exact wherever p* lists its support; 0: always Monte Carlo.
+    exact_up_to: int | None = 128
+    # Word counts at which the long-form family's survival curve is read (`valid@<L>`).
+    validity_lengths: list[int] = field(default_factory=lambda: [10, 20, 40, 60])
+    seed: int = 0
+
+
+@dataclass
 class EvalSetConfig:
     """One evaluation set (conf/eval_set/<name>.yaml); a profile holds them in `eval.sets`, keyed by name."""
     # generation: generate a response and score its text; classification: score label words (calibration).
@@ -82,6 +107,8 @@ class EvalSetConfig:
     # Break every metric down by the rows' `category` (`<set>/<category>/<metric>`).
     by_category: bool = True
     classification: ClassificationConfig = field(default_factory=ClassificationConfig)
+    # Metrics against each row's true answer distribution (embedded benchmark v5 only); off by default.
+    truth: TruthConfig = field(default_factory=TruthConfig)
 
 
 @dataclass
