@@ -246,3 +246,29 @@ def test_the_v4_light_profile_is_unchanged():
     assert set(res.metrics) == expected
     assert set(res.teacher_metrics) == {k for k in expected if not k.startswith("agreement/")}
     assert "truth" not in res.details and not any(k.startswith("truth/") for k in res.details["seconds"])
+
+
+def test_a_fingerprinted_models_truth_metrics_are_cached_by_content(v5, tmp_path):
+    """The teacher (a model with a fingerprint) is scored once per content: a second call is a hit with the same
+    values; another setting is another entry; a model without a fingerprint (a student) is never cached; a
+    damaged entry is moved aside and computed again."""
+    from kdbench.evaluation.truth_sets import cached_evaluate_truth
+
+    cfg, tok, _, teacher, _ = v5
+    s = cfg.eval.sets.embedded_v5_test
+    rows = embedded_splits(cfg.data.embedded)["test"][:30]
+    truth = load_truth_rows("embedded_v5_test", s, cfg.eval, cfg.data.embedded, rows)
+    args = ("embedded_v5_test", truth, s, cfg.eval, teacher.model, tok, TRAIN_LENGTH)
+    first = cached_evaluate_truth(str(tmp_path), "teacher-fp", *args)
+    second = cached_evaluate_truth(str(tmp_path), "teacher-fp", *args)
+    assert (first[2], second[2]) == (False, True) and second[:2] == first[:2]
+    entries = list((tmp_path / "truth").glob("*.json"))
+    assert len(entries) == 1
+    assert cached_evaluate_truth(str(tmp_path), "other-teacher", *args)[2] is False  # another model
+    assert cached_evaluate_truth(str(tmp_path), "teacher-fp", *args[:-1], TRAIN_LENGTH + 1)[2] is False
+    assert cached_evaluate_truth(str(tmp_path), "", *args)[2] is False  # no fingerprint: not cached
+    assert len(list((tmp_path / "truth").glob("*.json"))) == 3
+    entries[0].write_text(entries[0].read_text()[:50])  # cut short
+    again = cached_evaluate_truth(str(tmp_path), "teacher-fp", *args)
+    assert again[2] is False and again[:2] == first[:2]
+    assert list((tmp_path / "truth").glob("*.corrupt-*"))

@@ -97,7 +97,7 @@ def run_suite(student: Model, teacher: Model | None, eval_cfg, embedded_cfg, *, 
     max_response_length the models were trained with (data.max_response_length), for the truth metrics' scoring
     of answers as training encodes them (None: eval.max_response_length)."""
     from kdbench.evaluation.classification_sets import evaluate_classification_set, load_items
-    from kdbench.evaluation.truth_sets import evaluate_truth, load_truth_rows
+    from kdbench.evaluation.truth_sets import cached_evaluate_truth, load_truth_rows
 
     res = SuiteResult(details={"skipped": {}, "seconds": {}})
     skipped, clock = res.details["skipped"], _Clock(res.details["seconds"])
@@ -155,8 +155,11 @@ def run_suite(student: Model, teacher: Model | None, eval_cfg, embedded_cfg, *, 
             reliability.setdefault(name, {})[role] = diagram
         for name, truth_rows in truth.items():
             with clock(f"truth/{name}"):
-                values, detail = evaluate_truth(name, truth_rows, reachable[name], eval_cfg, m.model, m.tokenizer,
-                                                response_length)
+                values, detail, hit = cached_evaluate_truth(cache_dir, m.fingerprint, name, truth_rows,
+                                                            reachable[name], eval_cfg, m.model, m.tokenizer,
+                                                            response_length)
+            if hit:
+                log.info("truth metrics of %s on %s: reused from the cache", role, name)
             metrics.update(values)
             res.details.setdefault("truth", {}).setdefault(name, {})[role] = detail
     if buckets:

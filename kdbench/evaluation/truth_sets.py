@@ -103,6 +103,47 @@ def load_truth_rows(name: str, set_cfg, eval_cfg, embedded_cfg, rows: list[dict]
     return TruthRows([prompts[i] for i in keep], dists, [rows[i]["category"] for i in keep], label_words)
 
 
+# Bump when what evaluate_truth computes changes: cached teacher results made by older code are then not reused.
+TRUTH_CACHE_VERSION = 1
+
+
+def cached_evaluate_truth(cache_dir: str | None, fingerprint: str | None, name: str, truth: TruthRows, set_cfg,
+                          eval_cfg, model, tokenizer, response_length: int | None = None
+                          ) -> tuple[dict[str, float], dict, bool]:
+    """`evaluate_truth` through a content-keyed cache for a model with a fingerprint (the teacher: every cell of a
+    sweep scores the same teacher on the same prompts, ~80 s a set on CPU): (metrics, details, hit). The key
+    holds the fingerprint, the set's config, every eval setting the computation reads, the response length and
+    every prompt; entries are checksummed and written under a lock (kdbench.storage.cache_entry)."""
+    import hashlib
+    import json
+    from pathlib import Path
+
+    from omegaconf import OmegaConf
+
+    from kdbench.storage.cache_entry import lock_for, read_or_quarantine, require, write_entry
+
+    if not cache_dir or not fingerprint:
+        return (*evaluate_truth(name, truth, set_cfg, eval_cfg, model, tokenizer, response_length), False)
+    set_plain = OmegaConf.to_container(set_cfg, resolve=True, enum_to_str=True) if OmegaConf.is_config(set_cfg) \
+        else set_cfg
+    settings = {"version": TRUTH_CACHE_VERSION, "model": fingerprint, "set": name, "set_cfg": set_plain,
+                "max_prompt_length": eval_cfg.max_prompt_length, "max_response_length": eval_cfg.max_response_length,
+                "max_new_tokens": eval_cfg.max_new_tokens, "score_batch_size": eval_cfg.score_batch_size,
+                "generation_batch_size": eval_cfg.generation.batch_size, "response_length": response_length}
+    h = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
+    for p in truth.prompts:
+        h.update(hashlib.sha256(p.encode()).digest())
+    path = Path(cache_dir) / "truth" / f"{h.hexdigest()[:24]}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with lock_for(path):
+        data = read_or_quarantine(path, require(metrics=dict, details=dict))
+        if data is not None:
+            return data["metrics"], data["details"], True
+        metrics, details = evaluate_truth(name, truth, set_cfg, eval_cfg, model, tokenizer, response_length)
+        write_entry(path, {"settings": settings, "metrics": metrics, "details": details})
+    return metrics, details, False
+
+
 def evaluate_truth(name: str, truth: TruthRows, set_cfg, eval_cfg, model, tokenizer,
                    response_length: int | None = None) -> tuple[dict[str, float], dict]:
     """One model on one set against p*: (metrics, JSON-able details). `response_length`: the max_response_length
