@@ -439,3 +439,14 @@ def test_one_seed_cells_get_a_bootstrap_interval_over_test_items(tmp_path):
     # With two seeds the spread over seeds is shown instead, and no item interval.
     write_result(tmp_path, "kd1", method="kd", seed=1, metrics={RL: 43.0})
     assert table_for(tmp_path, [RL]).row("kd", "tiny").cells[RL].ci is None
+
+
+def test_headline_metrics_include_the_truth_metrics_of_a_v5_run(tmp_path):
+    from kdbench.report.run_table import headline_metrics
+
+    metrics = {RL: 40.0, EM: 20.0, "embedded_test/sort/rouge_l": 1.0, "s/truth/forward_kl": 2.0,
+               "s/truth/forward_kl_se": 0.1, "s/truth/precision": 0.9, "s/truth/recall": 0.5, "s/truth/n": 60,
+               "s/story/truth/forward_kl": 9.0, "m/truth/calibration_mae": 0.1, "s/judge/score_ratio": 80.0}
+    record = collect_results(write_result(tmp_path, "a", metrics=metrics).parent)[0]
+    assert headline_metrics(record) == [RL, EM, "s/truth/forward_kl", "s/truth/precision", "s/truth/recall",
+                                        "m/truth/calibration_mae", "s/judge/score_ratio"]
