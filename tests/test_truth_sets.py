@@ -272,3 +272,13 @@ def test_a_fingerprinted_models_truth_metrics_are_cached_by_content(v5, tmp_path
     again = cached_evaluate_truth(str(tmp_path), "teacher-fp", *args)
     assert again[2] is False and again[:2] == first[:2]
     assert list((tmp_path / "truth").glob("*.corrupt-*"))
+
+
+def test_the_story_validity_curve_is_drawn_for_both_roles(v5, tmp_path):
+    from kdbench.evaluation.suite import SuiteResult, _plots
+
+    res = SuiteResult(details={"truth": v5[4].details["truth"]})
+    _plots(res, tmp_path)
+    png = tmp_path / "validity_embedded_v5_test_story.png"
+    assert res.plots == {"validity_embedded_v5_test_story": str(png)}
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000

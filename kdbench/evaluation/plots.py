@@ -104,3 +104,20 @@ def plot_reliability(by_role: dict[str, dict], path: Path, title: str) -> Path:
         ax.legend(fontsize=8, loc="upper left")
     fig.suptitle(title)
     return _save(fig, path)
+
+
+def plot_validity(by_role: dict[str, dict], path: Path, title: str) -> Path:
+    """`by_role`: {role: truth_math.longform_validity's curve}: the share of sampled texts whose first L words are
+    all valid under the grammar, by L (exposure bias against the ground truth), and the share accepted whole."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5, 3.8), layout="constrained")
+    for role, curve in by_role.items():
+        lengths = sorted(int(L) for L in curve["survival"])
+        ax.plot(lengths, [curve["survival"][str(L)] for L in lengths], marker="o", color=ROLE_COLORS.get(role),
+                label=f"{role} (whole text valid: {curve['accepted']:.2f})")
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("first L words")
+    ax.set_ylabel("share of samples still valid")
+    ax.legend(fontsize=8)
+    fig.suptitle(title)
+    return _save(fig, path)

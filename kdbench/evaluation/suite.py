@@ -342,6 +342,13 @@ def _plots(res: SuiteResult, out_dir: Path) -> None:
     if "length_buckets" in d:
         res.plots["rouge_l_by_length"] = str(plots.plot_length_buckets(d["length_buckets"],
                                                                        out_dir / "rouge_l_by_length.png"))
+    for name, roles in d.get("truth", {}).items():
+        families = {f for detail in roles.values() for f in detail.get("validity", {})}
+        for family in sorted(families):
+            curves = {role: detail["validity"][family] for role, detail in roles.items()
+                      if family in detail.get("validity", {})}
+            res.plots[f"validity_{name}_{family}"] = str(plots.plot_validity(
+                curves, out_dir / f"validity_{name}_{family}.png", f"Valid {family} prefixes against p*: {name}"))
     for name, by_role in d.get("reliability", {}).items():
         res.plots[f"reliability_{name}"] = str(plots.plot_reliability(by_role, out_dir / f"reliability_{name}.png",
                                                                       f"Reliability diagram: {name}"))
