@@ -2,6 +2,7 @@
 
   KDBENCH_CACHE=/tmp/kdbench-ship kdbench-teacher trainer.num_threads=2     # the teacher stage, as any run does
   python scripts/ship_teacher.py /tmp/kdbench-ship                          # -> kdbench/assets/
+  python scripts/ship_teacher.py /tmp/kdbench-ship5 data=embedded_v5        # another config: the same overrides
 
 The assets are then found by the same content keys a run computes, so a fresh install reuses them and any change
 to the teacher's config, the data or the tokenizer (a new key) trains a new teacher instead.
@@ -22,10 +23,10 @@ from kdbench.stages.teacher import teacher_key
 from kdbench.stages.tokenizer import tokenizer_key
 
 
-def main(cache: str) -> None:
+def main(cache: str, overrides: list[str]) -> None:
     register_configs()
     with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
-        cfg = compose(config_name="train")
+        cfg = compose(config_name="train", overrides=overrides)
     tok_key = tokenizer_key(cfg.data.embedded)
     key = teacher_key(cfg.teacher, cfg.data, tok_key)
     src_teacher = Path(cache) / "teachers" / key
@@ -45,10 +46,10 @@ def main(cache: str) -> None:
         f"(version {cfg.data.embedded.version}, seed {cfg.data.embedded.seed}); {recipe['parameters']:,} parameters, "
         f"{recipe['train_seconds'] / 60:.0f} min of training on this machine's CPU.\n\n"
         "Reproduce it (same key, same weights up to floating-point nondeterminism):\n\n"
-        "```bash\nKDBENCH_CACHE=/tmp/kdbench-ship kdbench-teacher trainer.num_threads=2\n"
-        "python scripts/ship_teacher.py /tmp/kdbench-ship\n```\n\n"
+        f"```bash\nKDBENCH_CACHE=/tmp/kdbench-ship kdbench-teacher trainer.num_threads=2 {' '.join(overrides)}\n"
+        f"python scripts/ship_teacher.py /tmp/kdbench-ship {' '.join(overrides)}\n```\n\n"
         "The full configuration and final validation loss are in `kdbench_recipe.json`.\n")
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else str(Path.home() / ".cache" / "kdbench"))
+    main(sys.argv[1] if len(sys.argv) > 1 else str(Path.home() / ".cache" / "kdbench"), sys.argv[2:])
