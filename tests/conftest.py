@@ -25,6 +25,23 @@ TINY_RUN = [
 ]
 
 
+def compose_train(overrides=()):
+    """The `train` config with these overrides, composed as the CLI composes it (the typed schema registered)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from kdbench.paths import conf_dir
+    from kdbench.schema import register_configs
+
+    register_configs()
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+            return compose(config_name="train", overrides=list(overrides))
+    finally:
+        GlobalHydra.instance().clear()
+
+
 # ----------------------------------------------------------------- interrupting a training (resume tests)
 
 import lightning as L  # noqa: E402 - after the environment above is set

@@ -20,6 +20,7 @@ from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from conftest import compose_train
 
 from kdbench.evaluation.judge import (
     CANDIDATE_FIRST,
@@ -572,8 +573,8 @@ def test_max_failed_fraction_is_checked_naming_its_key(tmp_path):
     from kdbench.schema import ConfigError, validate
 
     with pytest.raises(ConfigError, match=r"^eval\.judge\.max_failed_fraction=1\.5: must be a share between 0 and 1"):
-        validate(compose_config(["eval.judge.max_failed_fraction=1.5"]))
-    assert compose_config(["eval=full"]).eval.judge.max_failed_fraction == 0.1
+        validate(compose_train(["eval.judge.max_failed_fraction=1.5"]))
+    assert compose_train(["eval=full"]).eval.judge.max_failed_fraction == 0.1
 
 
 def test_report_sums_judge_coverage_over_seeds(tmp_path):
@@ -605,29 +606,13 @@ def test_report_sums_judge_coverage_over_seeds(tmp_path):
 SMALL_EMBEDDED = ["data.embedded.train_size=400", "data.embedded.validation_size=40", "data.embedded.test_size=60"]
 
 
-def compose_config(overrides):
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    from kdbench.paths import conf_dir
-    from kdbench.schema import register_configs
-
-    register_configs()
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
-            return compose(config_name="train", overrides=list(overrides))
-    finally:
-        GlobalHydra.instance().clear()
-
-
 @pytest.fixture(scope="module")
 def saved_student(tmp_path_factory):
     """(cache folder, a saved untrained tiny student): what `kdbench-eval model.path=...` evaluates."""
     from kdbench.models.loading import build_from_arch, save_model_folder
     from kdbench.stages.tokenizer import embedded_tokenizer
 
-    cfg = compose_config(SMALL_EMBEDDED)
+    cfg = compose_train(SMALL_EMBEDDED)
     root = tmp_path_factory.mktemp("eval_run")
     tok = embedded_tokenizer(cfg.data.embedded, root / "cache")  # the subprocess finds it in the same cache
     return root / "cache", save_model_folder(build_from_arch(cfg.student.arch, tok, seed=0), tok, root / "student")

@@ -10,17 +10,14 @@ import math
 import re
 
 import pytest
-from conftest import sft, tiny_model, tiny_tokenizer
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
+from conftest import compose_train, sft, tiny_model, tiny_tokenizer
 
 from kdbench.data.embedded import FAMILIES_V5
 from kdbench.data.sources import embedded_splits
 from kdbench.evaluation.suite import Model, run_suite
 from kdbench.evaluation.truth_sets import evaluate_truth, first_per_family, load_truth_rows
-from kdbench.paths import conf_dir
 from kdbench.runtime import validate
-from kdbench.schema import ConfigError, register_configs
+from kdbench.schema import ConfigError
 
 SMALL_V5 = ["data.embedded.version=5", "data.embedded.train_size=400", "data.embedded.validation_size=16",
             "data.embedded.test_size=60"]
@@ -35,16 +32,6 @@ GENERATION_METRICS = ("forward_kl", "forward_kl_se", "precision", "greedy_precis
 SHARES = ("precision", "greedy_precision", "recall")
 
 
-def _compose(overrides):
-    register_configs()
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
-            return compose(config_name="train", overrides=list(overrides))
-    finally:
-        GlobalHydra.instance().clear()
-
-
 @pytest.fixture(scope="module")
 def v5():
     """The composed truth run, the tokenizer of its train rows, a student after 100 sft steps (it answers `mood`
@@ -52,7 +39,7 @@ def v5():
     import torch
 
     torch.set_num_threads(1)
-    cfg = _compose(TRUTH_RUN)
+    cfg = compose_train(TRUTH_RUN)
     validate(cfg)
     splits = embedded_splits(cfg.data.embedded)
     tok = tiny_tokenizer(splits["train"])
@@ -175,7 +162,7 @@ def test_an_exact_familys_kl_is_the_one_computed_from_the_models_scores(v5):
 def test_truth_rows_are_the_first_of_each_family_in_order():
     assert first_per_family(["a", "b", "a", "c", "a", "b"], 2) == [0, 1, 2, 3, 5]
     assert first_per_family(["a", "b", "a"], None) == [0, 1, 2]
-    cfg = _compose([*TRUTH_RUN, "eval.sets.embedded_v5_test.truth.num_prompts=1"])
+    cfg = compose_train([*TRUTH_RUN, "eval.sets.embedded_v5_test.truth.num_prompts=1"])
     rows = embedded_splits(cfg.data.embedded)["test"][:30]
     truth = load_truth_rows("embedded_v5_test", cfg.eval.sets.embedded_v5_test, cfg.eval, cfg.data.embedded, rows)
     firsts = {}
@@ -190,8 +177,8 @@ def test_truth_rows_are_the_first_of_each_family_in_order():
 def test_truth_on_a_jsonl_source_fails_naming_the_key(tmp_path):
     data = tmp_path / "rows.jsonl"
     data.write_text(json.dumps({"instruction": "Say yes.", "input": "", "output": "yes"}) + "\n")
-    cfg = _compose([*TRUTH_RUN, "eval.sets.embedded_v5_test.source.kind=jsonl",
-                    f"eval.sets.embedded_v5_test.source.path={data}"])
+    cfg = compose_train([*TRUTH_RUN, "eval.sets.embedded_v5_test.source.kind=jsonl",
+                         f"eval.sets.embedded_v5_test.source.path={data}"])
     with pytest.raises(ConfigError, match=r"eval\.sets\.embedded_v5_test\.truth\.enabled=True: .*embedded rows "
                                           r"only.*source\.kind is 'jsonl'"):
         validate(cfg)
@@ -208,7 +195,7 @@ def test_truth_on_a_jsonl_source_fails_naming_the_key(tmp_path):
     ("truth.validity_lengths=[10,10]", "truth.validity_lengths"),
 ])
 def test_nonsense_truth_values_fail_naming_the_key(override, key):
-    cfg = _compose([*TRUTH_RUN, f"eval.sets.embedded_v5_test.{override}"])
+    cfg = compose_train([*TRUTH_RUN, f"eval.sets.embedded_v5_test.{override}"])
     with pytest.raises(ConfigError, match=re.escape(f"eval.sets.embedded_v5_test.{key}=")):
         validate(cfg)
 
@@ -216,7 +203,7 @@ def test_nonsense_truth_values_fail_naming_the_key(override, key):
 def test_truth_on_v4_data_fails_before_any_model_runs():
     # The default data is benchmark v4 (one right answer a prompt, no p*): the suite fails while loading its data,
     # naming both keys; models that cannot run (None) show no generation started.
-    cfg = _compose([t for t in TRUTH_RUN if t != "data.embedded.version=5"])
+    cfg = compose_train([t for t in TRUTH_RUN if t != "data.embedded.version=5"])
     validate(cfg)
     nothing = Model(None, None, "never-run")
     with pytest.raises(ConfigError, match=r"eval\.sets\.embedded_v5_test\.truth\.enabled=true: "
@@ -228,8 +215,9 @@ def test_the_v4_light_profile_is_unchanged():
     import torch
 
     torch.set_num_threads(1)
-    cfg = _compose(["data.embedded.train_size=200", "data.embedded.validation_size=16", "data.embedded.test_size=40",
-                    "eval.limit=16", "eval.max_new_tokens=4", "eval.agreement.num_items=8"])
+    cfg = compose_train(["data.embedded.train_size=200", "data.embedded.validation_size=16",
+                         "data.embedded.test_size=40", "eval.limit=16", "eval.max_new_tokens=4",
+                         "eval.agreement.num_items=8"])
     validate(cfg)
     assert cfg.eval.name == "light" and cfg.data.embedded.version == 4
     assert not any(s.truth.enabled for s in cfg.eval.sets.values())

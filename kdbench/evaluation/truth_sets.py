@@ -114,34 +114,31 @@ def cached_evaluate_truth(cache_dir: str | None, fingerprint: str | None, name: 
     sweep scores the same teacher on the same prompts, ~80 s a set on CPU): (metrics, details, hit). The key
     holds the fingerprint, the set's config, every eval setting the computation reads, the response length and
     every prompt; entries are checksummed and written under a lock (kdbench.storage.cache_entry)."""
-    import hashlib
-    import json
     from pathlib import Path
 
     from omegaconf import OmegaConf
 
-    from kdbench.storage.cache_entry import lock_for, read_or_quarantine, require, write_entry
+    from kdbench.generation.cache import generation_key
+    from kdbench.storage.cache_entry import cached_entry, require
 
     if not cache_dir or not fingerprint:
         return (*evaluate_truth(name, truth, set_cfg, eval_cfg, model, tokenizer, response_length), False)
     set_plain = OmegaConf.to_container(set_cfg, resolve=True, enum_to_str=True) if OmegaConf.is_config(set_cfg) \
         else set_cfg
-    settings = {"version": TRUTH_CACHE_VERSION, "model": fingerprint, "set": name, "set_cfg": set_plain,
+    settings = {"version": TRUTH_CACHE_VERSION, "set": name, "set_cfg": set_plain,
                 "max_prompt_length": eval_cfg.max_prompt_length, "max_response_length": eval_cfg.max_response_length,
                 "max_new_tokens": eval_cfg.max_new_tokens, "score_batch_size": eval_cfg.score_batch_size,
                 "generation_batch_size": eval_cfg.generation.batch_size, "response_length": response_length}
-    h = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
-    for p in truth.prompts:
-        h.update(hashlib.sha256(p.encode()).digest())
-    path = Path(cache_dir) / "truth" / f"{h.hexdigest()[:24]}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with lock_for(path):
-        data = read_or_quarantine(path, require(metrics=dict, details=dict))
-        if data is not None:
-            return data["metrics"], data["details"], True
+
+    def payload() -> dict:
         metrics, details = evaluate_truth(name, truth, set_cfg, eval_cfg, model, tokenizer, response_length)
-        write_entry(path, {"settings": settings, "metrics": metrics, "details": details})
-    return metrics, details, False
+        return {"model": fingerprint, "settings": settings, "metrics": metrics, "details": details}
+
+    # The same content key as a generation's: the model, every setting and every prompt.
+    key = generation_key(fingerprint, truth.prompts, settings)
+    data, hit = cached_entry(Path(cache_dir) / "truth" / f"{key}.json", require(metrics=dict, details=dict),
+                             payload)
+    return data["metrics"], data["details"], hit
 
 
 def evaluate_truth(name: str, truth: TruthRows, set_cfg, eval_cfg, model, tokenizer,

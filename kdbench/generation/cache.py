@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from kdbench.generation.engine import GenerationResult
-from kdbench.storage.cache_entry import lock_for, read_or_quarantine, require, write_entry
+from kdbench.storage.cache_entry import cached_entry, require
 
 log = logging.getLogger(__name__)
 
@@ -29,19 +29,20 @@ def cached_generate(cache_dir: str | Path, model_fingerprint: str, prompts: list
                     compute: Callable[[], GenerationResult]) -> tuple[GenerationResult, bool]:
     """(result, hit). `compute` runs only on a miss, under the entry's lock."""
     key = generation_key(model_fingerprint, prompts, settings)
-    path = Path(cache_dir) / "generations" / f"{key}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with lock_for(path):
-        data = read_or_quarantine(path, _entry_check(len(prompts)))
-        if data is not None:
-            return GenerationResult(texts=data["texts"], n_truncated=data["n_truncated"],
-                                    new_tokens=data["new_tokens"], seconds=0.0), True
-        result = compute()
-        write_entry(path, {"key": key, "model": model_fingerprint, "settings": settings,
-                           "n_prompts": len(prompts), "texts": result.texts,
-                           "n_truncated": result.n_truncated, "new_tokens": result.new_tokens,
-                           "seconds": result.seconds})
-        return result, False
+    computed: list[GenerationResult] = []
+
+    def payload() -> dict:
+        computed.append(compute())
+        result = computed[0]
+        return {"key": key, "model": model_fingerprint, "settings": settings, "n_prompts": len(prompts),
+                "texts": result.texts, "n_truncated": result.n_truncated, "new_tokens": result.new_tokens,
+                "seconds": result.seconds}
+
+    data, hit = cached_entry(Path(cache_dir) / "generations" / f"{key}.json", _entry_check(len(prompts)), payload)
+    if not hit:
+        return computed[0], False
+    return GenerationResult(texts=data["texts"], n_truncated=data["n_truncated"], new_tokens=data["new_tokens"],
+                            seconds=0.0), True
 
 
 def _entry_check(n_prompts: int):

@@ -128,6 +128,20 @@ def read_or_quarantine(path: str | Path, check: FieldCheck | None = None) -> dic
         return None
 
 
+def cached_entry(path: str | Path, check: FieldCheck | None, compute: Callable[[], dict]) -> tuple[dict, bool]:
+    """(payload, hit): the sound entry at `path`, else compute()'s payload written there. The entry's lock is held
+    throughout, so two workers never compute one entry twice; a corrupt entry is quarantined and computed again."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with lock_for(path):
+        data = read_or_quarantine(path, check)
+        if data is not None:
+            return data, True
+        data = compute()
+        write_entry(path, data)
+        return data, False
+
+
 # ------------------------------------------------------------------------------------------- folders of files
 
 
