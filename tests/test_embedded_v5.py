@@ -36,7 +36,7 @@ V4_DEFAULT_SHA256 = "a6e9d95de2cbf838940c042d30d10e168bb81cb8368049a47e4707406d0
 V4_SEED3_SMALL_SHA256 = "9ab5fb941644bcdb19180176a205b7e44e2600fe7bcbf58c2de1161166166c2c"
 # v5 at seed 0 and SMALL sizes, computed in another process (another PYTHONHASHSEED): the splits depend on no set
 # order. A change here changes the benchmark: a teacher trained on v5 would no longer match, so the version moves.
-V5_SMALL_SHA256 = "3cf03e86f207fae669a448add30f3345d0689682c34f91d5f143b426c2f7488c"
+V5_SMALL_SHA256 = "3e2516e6d1f294b28748ce4e085c7a51bf2e69052df4aceb1273b39e10c151ef"
 WORLD = "Nina the fox lives in the burrow. Nearby are the lake, the forest and the mill."
 STORY = ("One morning, Nina the fox left the burrow. The fox walked to the lake. There the fox found a shell. "
          "The fox walked to the forest. There the fox met a dog. The fox went back to the lake. "
@@ -136,6 +136,8 @@ def test_answer_distribution_refuses_what_v5_cannot_have_written():
         answer_distribution({"instruction": "Name a dog.", "input": "cat, red", "category": "choice"})
     with pytest.raises(ValueError, match=r"story: cannot read the input 'Nina lives here\.'"):
         story_dist("Nina lives here.")
+    with pytest.raises(ValueError, match=r"not the burrow's; the places near the burrow are lake, forest, mill"):
+        story_dist(WORLD.replace("the mill", "the cave"))
 
 
 def test_load_rows_reads_v5_through_the_embedded_config():

@@ -1,6 +1,6 @@
 """`story` (benchmark v5): long-form text from a known stochastic grammar, every text checkable by a parser.
 
-The input introduces a character, a home and 3-4 places nearby:
+The input introduces a character, its home and the 3-4 places near that home (the home decides which: NEARBY):
 
     Nina the fox lives in the burrow. Nearby are the lake, the forest and the mill.
 
@@ -21,7 +21,12 @@ So a sentence is valid only against earlier ones: the name, animal and home must
 a place already visited and "walked/ran/hopped to" one not yet visited, "rested by" names the current place, "gave
 the X" the object found earlier and still carried, the animals met are others than the character, and the ending
 names what is carried at the end. An error a model makes early (a place it forgot it visited, an object it never
-found) is detectable where it surfaces. The character is "the fox" between the first and the last sentence: one
+found) is detectable where it surfaces. The places near a home are the same in every story (a map the data's
+writers share), so a model learns them as it learns which objects each place holds; the first v5 grammar drew
+3-4 of the 10 places at random per prompt, and a 1M-parameter teacher trained on its ~1,200 stories never learned
+to take the places from the input (no sampled story was valid: 77 of 80 first errors were moves to a place not
+nearby; BENCHMARKS.md). The rules a story keeps with itself (visited, carried, where it is) are unchanged. The
+character is "the fox" between the first and the last sentence: one
 token of the embedded tokenizer, where a name is up to four.
 
 Every sentence branches, and the grammar is unambiguous (each text has one derivation: a sentence's words name
@@ -45,7 +50,11 @@ OBJECTS = {"lake": ("shell", "feather"), "forest": ("pinecone", "mushroom"), "ma
            "bridge": ("coin", "rope"), "garden": ("flower", "carrot"), "cave": ("crystal", "bone"),
            "hill": ("stone", "kite"), "farm": ("bucket", "basket"), "meadow": ("daisy", "clover"),
            "mill": ("bell", "sack")}
-HOMES = ("village", "cottage", "burrow", "den", "barn")
+# Every place is near one home or two; 3 or 4 places near each home.
+NEARBY = {"village": ("market", "bridge", "garden", "lake"), "cottage": ("garden", "meadow", "bridge"),
+          "burrow": ("lake", "forest", "mill"), "den": ("cave", "hill", "farm", "meadow"),
+          "barn": ("farm", "mill", "market", "hill")}
+HOMES = tuple(NEARBY)
 # Weights of each choice (normalized where drawn). Every place has the same number of objects and the same move
 # and event weights, so the entropy depends on the number of places nearby and the character's animal only.
 TIMES = {"morning": 4, "evening": 3, "day": 2, "night": 1}
@@ -89,10 +98,11 @@ def parse_world(input_: str) -> World:
                          f"burrow. Nearby are the lake, the forest and the mill.'")
     name, animal, home, listed = m.groups()
     places = tuple(p.removeprefix("the ") for p in re.split(r", | and ", listed))
-    if (name not in NAMES or animal not in ANIMALS or home not in HOMES or not set(places) <= set(PLACES)
-            or len(set(places)) != len(places) or len(places) < 3):
-        raise ValueError(f"story: the input {input_!r} names a character, home or places outside the vocabulary "
-                         f"(or fewer than 3 distinct places)")
+    if name not in NAMES or animal not in ANIMALS or home not in HOMES:
+        raise ValueError(f"story: the input {input_!r} names a character or home outside the vocabulary")
+    if places != NEARBY[home]:
+        raise ValueError(f"story: the input {input_!r} lists places that are not the {home}'s; the places near "
+                         f"the {home} are {', '.join(NEARBY[home])}")
     return World(name, animal, home, places)
 
 
@@ -225,8 +235,8 @@ class StoryDistribution:
 
 
 def generate(rng: random.Random) -> tuple[str, str, str]:
-    world = World(rng.choice(NAMES), rng.choice(ANIMALS), rng.choice(HOMES),
-                  tuple(rng.sample(PLACES, rng.randint(3, 4))))
+    home = rng.choice(HOMES)
+    world = World(rng.choice(NAMES), rng.choice(ANIMALS), home, NEARBY[home])
     instruction = rng.choice(PHRASINGS)
     input_ = world.describe()
     return instruction, input_, distribution(instruction, input_).sample(rng)
