@@ -1,4 +1,5 @@
-"""Is the embedded benchmark calibrated? Issue 2's targets, measured.
+"""Is the embedded benchmark v4 calibrated? Issue 2's targets, measured (v4's families and its one right answer a
+prompt: every run here is pinned to data=embedded_v4 eval=light_v4; v5's table is benchmarks/calibration_v5.py).
 
   python benchmarks/calibration.py --out /tmp/calib                       # teacher row + sft ladder of `tiny`
   python benchmarks/calibration.py --out /tmp/calib --steps 2000 4000 8000 16000 32000 --student tiny
@@ -22,6 +23,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from kdbench.data.embedded import FAMILIES
+
+# Benchmark v4 and its profile: the table below reads v4's families and its `embedded_test` set.
+V4 = ["data=embedded_v4", "eval=light_v4"]
 
 
 def run(out: Path, overrides: list[str]) -> dict:
@@ -50,11 +54,11 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2)
     args = parser.parse_args()
 
-    jobs = [["method=kd", f"student={args.student}", "trainer.max_steps=1"]]  # a 1-step run: the teacher row
+    jobs = [[*V4, "method=kd", f"student={args.student}", "trainer.max_steps=1"]]  # a 1-step run: the teacher row
     # The last weights, not the checkpoint the validation ROUGE-L selects: the question is where training
     # converges, and the selection rule (which favours `profile`, the longest answers) moved single families by
     # 20+ points between neighbouring budgets.
-    jobs += [["method=sft", f"student={args.student}", "eval.teacher=false", f"trainer.max_steps={s}",
+    jobs += [[*V4, "method=sft", f"student={args.student}", "eval.teacher=false", f"trainer.max_steps={s}",
               "trainer.select=last"] for s in args.steps]
     with ThreadPoolExecutor(args.jobs) as pool:
         results = list(pool.map(lambda o: run(args.out, o), jobs))

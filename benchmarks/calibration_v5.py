@@ -32,7 +32,8 @@ def _compose(overrides: list[str]):
 
     register_configs()
     with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
-        return compose(config_name="train", overrides=["data=embedded_v5", "trainer.progress=false", *overrides])
+        # The default data is benchmark v5 (conf/data/embedded.yaml).
+        return compose(config_name="train", overrides=["trainer.progress=false", *overrides])
 
 
 def _by_family(rows: list[dict], per_family: int) -> dict[str, list[dict]]:

@@ -2,7 +2,7 @@
 
   KDBENCH_CACHE=/tmp/kdbench-ship kdbench-teacher trainer.num_threads=2     # the teacher stage, as any run does
   python scripts/ship_teacher.py /tmp/kdbench-ship                          # -> kdbench/assets/
-  python scripts/ship_teacher.py /tmp/kdbench-ship5 data=embedded_v5        # another config: the same overrides
+  python scripts/ship_teacher.py /tmp/kdbench-ship4 data=embedded_v4        # another config: the same overrides
 
 The assets are then found by the same content keys a run computes, so a fresh install reuses them and any change
 to the teacher's config, the data or the tokenizer (a new key) trains a new teacher instead.

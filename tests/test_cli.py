@@ -44,23 +44,28 @@ def test_single_run_writes_results_and_wandb(tmp_path):
                 "artifacts"):
         assert key in rec, key
     assert rec["config"]["method"]["divergence"] == "forward_kl"
-    assert 0 <= rec["metrics"]["embedded_test/rouge_l"] <= 100
-    assert rec["metrics"]["embedded_test/n"] == 16
+    assert rec["config"]["data"]["embedded"]["version"] == 5  # the default benchmark
+    assert 0 <= rec["metrics"]["embedded_v5_test/rouge_l"] <= 100
+    assert rec["metrics"]["embedded_v5_test/n"] == 16
     assert rec["train"]["steps"] == 6
-    # The light profile's cheap extras: agreement on the test split's gold responses, calibration of the
-    # sentiment family (with its reliability diagram), and the trained student saved for kdbench-eval.
+    # The light profile's extras: agreement on the test split's gold responses, the metrics against p* (for the
+    # student and the teacher), calibration of the mood family (with its reliability diagram), and the trained
+    # student saved for kdbench-eval.
     assert 0 <= rec["metrics"]["agreement/top1"] <= 1 and rec["metrics"]["agreement/forward_kl"] >= 0
-    assert 0 <= rec["metrics"]["embedded_sentiment/ece"] <= 1 and "embedded_sentiment/brier" in rec["teacher_metrics"]
-    assert Path(rec["artifacts"]["plots"]["reliability_embedded_sentiment"]).is_file()
+    for metrics in (rec["metrics"], rec["teacher_metrics"]):
+        assert metrics["embedded_v5_test/truth/forward_kl"] >= 0 and 0 <= metrics["embedded_v5_test/truth/recall"] <= 1
+        assert 0 <= metrics["embedded_v5_mood/truth/calibration_mae"] <= 1
+    assert 0 <= rec["metrics"]["embedded_v5_mood/ece"] <= 1 and "embedded_v5_mood/brier" in rec["teacher_metrics"]
+    assert Path(rec["artifacts"]["plots"]["reliability_embedded_v5_mood"]).is_file()
     assert (Path(rec["artifacts"]["student_dir"]) / "config.json").is_file()
     # The row is printed beside the teacher's.
     assert "| kd | tiny |" in out.stdout and "| teacher |" in out.stdout
 
     # The W&B offline run file holds the same metrics, the config and the training curve.
     run = read_offline_run(results[0].parent)
-    assert run.summary["eval/embedded_test/rouge_l"] == pytest.approx(rec["metrics"]["embedded_test/rouge_l"])
-    assert run.summary["teacher/embedded_test/exact_match"] == pytest.approx(
-        rec["teacher_metrics"]["embedded_test/exact_match"])
+    assert run.summary["eval/embedded_v5_test/rouge_l"] == pytest.approx(rec["metrics"]["embedded_v5_test/rouge_l"])
+    assert run.summary["teacher/embedded_v5_test/exact_match"] == pytest.approx(
+        rec["teacher_metrics"]["embedded_v5_test/exact_match"])
     assert run.config["method"]["name"] == "kd"
     assert run.group == "default" and "method=kd" in run.tags and "student=tiny" in run.tags
     assert len(run.metric("train/loss")) >= 3

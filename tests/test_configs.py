@@ -23,6 +23,10 @@ GROUP_OPTIONS = sorted(
     if p.parent != CONF and not p.relative_to(CONF).parts[0] == "hydra"
 )
 SWEEP_FILES = sorted(p.stem for p in SWEEPS.rglob("*.yaml"))
+# Benchmark v4's data and profiles go together (v5's sets have no rows on v4, v4's none on v5): each composes with
+# its partner; the default data and profiles are v5's.
+V4_PARTNER = {("data", "embedded_v4"): ["eval=light_v4"], ("eval", "light_v4"): ["data=embedded_v4"],
+              ("eval", "study_v4"): ["data=embedded_v4"]}
 
 
 @pytest.fixture(autouse=True)
@@ -48,7 +52,7 @@ def test_groups_were_found():
 def test_every_group_option_composes(group, option):
     # An evaluation set is composed into a profile's dict of sets (conf/eval/full.yaml), not at the root.
     override = f"+eval_set@eval.sets.extra={option}" if group == "eval_set" else f"{group}={option}"
-    cfg = _compose([override])
+    cfg = _compose([override, *V4_PARTNER.get((group, option), [])])
     # Everything resolves (no dangling interpolations); data=jsonl needs paths the user must give.
     container = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
     assert container["method"]["name"]
@@ -72,6 +76,27 @@ def test_every_sweep_composes_with_its_grid(name):
         for value in str(values).split(","):  # each cell's choice must itself compose
             GlobalHydra.instance().clear()
             validate(_compose([f"{key}={value}"]))
+
+
+def test_the_v5_profiles_read_whole_cycles_of_the_test_families():
+    # The v5 test split cycles through its families (EVAL_WEIGHTS_V5): a prefix of whole cycles keeps every family's
+    # share exact, so the study's and light's row counts are multiples of the cycle.
+    from kdbench.data.embedded import EVAL_WEIGHTS_V5
+
+    cycle = sum(EVAL_WEIGHTS_V5.values())
+    light = _compose().eval
+    GlobalHydra.instance().clear()
+    cfg = _compose(["eval=study"])
+    validate(cfg)
+    e = cfg.eval
+    assert list(e.sets) == ["embedded_v5_test", "embedded_v5_mood"] and e.name == "study"
+    assert e.sets.embedded_v5_test.truth.enabled and e.sets.embedded_v5_mood.truth.enabled
+    assert list(e.sampling.sets) == ["embedded_v5_test"] == [e.exposure_bias.set] == [e.agreement.set]
+    for n in (e.sampling.limit, e.exposure_bias.num_prompts, e.agreement.num_items, light.agreement.num_items):
+        assert n % cycle == 0, n
+    # Stories run to 132 tokens: every length the study reads or generates has room for them.
+    assert e.max_response_length == cfg.data.max_response_length == e.sampling.decoding.max_new_tokens == \
+        e.exposure_bias.max_new_tokens == e.sets.embedded_v5_test.max_new_tokens == 160
 
 
 def test_misspelt_key_fails_naming_it():
@@ -113,8 +138,8 @@ def test_nonsense_values_fail_when_the_run_starts(override, key):
     ("method=distillm method.distillm.replay_ratio=random", "method.distillm.replay_ratio", "decreasing"),
     ("eval.judge.backend=gpt4", "eval.judge.backend", "openai, hf, none"),
     ("eval.exposure_bias.average=mean", "eval.exposure_bias.average", "sequence, alive"),
-    ("eval.sets.embedded_test.metrics=[bleu]", "eval.sets.embedded_test.metrics", "rouge_l"),
-    ("eval.sets.embedded_test.kind=regression", "eval.sets.embedded_test.kind", "generation, classification"),
+    ("eval.sets.embedded_v5_test.metrics=[bleu]", "eval.sets.embedded_v5_test.metrics", "rouge_l"),
+    ("eval.sets.embedded_v5_test.kind=regression", "eval.sets.embedded_v5_test.kind", "generation, classification"),
 ])
 def test_a_value_outside_its_fixed_set_fails_at_compose_naming_the_key(override, key, allowed):
     # Enums in the schema: the bad value never reaches a run (moved here from the checks at run start).

@@ -1,5 +1,6 @@
-"""Embedded benchmark v5: the truth is a distribution p*(y | x) per prompt (kdbench.data.embedded.answer_distribution,
-families in kdbench.data.families), the splits hold one sample of it per prompt; v4 stays byte for byte."""
+"""Embedded benchmark v5, the default: the truth is a distribution p*(y | x) per prompt
+(kdbench.data.embedded.answer_distribution, families in kdbench.data.families), the splits hold one sample of it per
+prompt; v4 stays byte for byte, and data=embedded_v4 is v4's old default config."""
 
 from __future__ import annotations
 
@@ -28,12 +29,14 @@ from kdbench.data.embedded import (
 from kdbench.data.families import mood, pairs, story
 from kdbench.data.families.words import ANIMALS, COLORS, POPULARITY
 from kdbench.data.sources import load_rows
-from kdbench.schema import EmbeddedConfig, SourceConfig
+from kdbench.schema import ConfigError, EmbeddedConfig, SourceConfig
 
 SMALL = SplitSizes(train=600, validation=40, test=120)
 # sha256 of json.dumps(generate_splits(seed, version=4, sizes), sort_keys=True), computed before v5 was written.
 V4_DEFAULT_SHA256 = "a6e9d95de2cbf838940c042d30d10e168bb81cb8368049a47e4707406d03b012"
 V4_SEED3_SMALL_SHA256 = "9ab5fb941644bcdb19180176a205b7e44e2600fe7bcbf58c2de1161166166c2c"
+# The teacher shipped for v4 (kdbench/assets/teachers/<key> before v5): data=embedded_v4 must still compute its key.
+V4_TEACHER_KEY = "31245e2dab89c9e0"
 # v5 at seed 0 and SMALL sizes, computed in another process (another PYTHONHASHSEED): the splits depend on no set
 # order. A change here changes the benchmark: a teacher trained on v5 would no longer match, so the version moves.
 V5_SMALL_SHA256 = "3e2516e6d1f294b28748ce4e085c7a51bf2e69052df4aceb1273b39e10c151ef"
@@ -64,10 +67,36 @@ def story_dist(input_: str = WORLD) -> story.StoryDistribution:
 
 # ------------------------------------------------------------------------------------------------- the splits
 
-def test_v4_splits_are_byte_identical_to_before_v5():
-    assert BENCHMARK_VERSION == 4  # the shipped teacher is v4's: v4 stays the default
-    assert sha256(generate_splits()) == V4_DEFAULT_SHA256
+def test_v5_is_the_default_and_v4_splits_are_byte_identical_to_before_v5():
+    assert BENCHMARK_VERSION == 5
+    assert EmbeddedConfig().version == BENCHMARK_VERSION  # the schema's default (data=dolly's embedded sets) follows
+    assert sha256(generate_splits(sizes=SMALL)) == V5_SMALL_SHA256  # no version asked: v5
+    assert sha256(generate_splits(version=4)) == V4_DEFAULT_SHA256
     assert sha256(generate_splits(seed=3, version=4, sizes=SplitSizes(200, 20, 50))) == V4_SEED3_SMALL_SHA256
+
+
+def test_the_default_data_and_profiles_are_v5_and_embedded_v4_is_v4s_old_default():
+    from conftest import compose_train
+
+    from kdbench.runtime import validate
+    from kdbench.stages.teacher import teacher_key
+    from kdbench.stages.tokenizer import tokenizer_key
+
+    cfg = compose_train()
+    validate(cfg)
+    assert (cfg.data.name, cfg.data.embedded.version, cfg.data.max_response_length) == ("embedded", 5, 160)
+    assert cfg.eval.name == "light" and list(cfg.eval.sets) == ["embedded_v5_test", "embedded_v5_mood"]
+    assert cfg.eval.sets.embedded_v5_test.truth.enabled and cfg.eval.agreement.set == "embedded_v5_test"
+    v4 = compose_train(["data=embedded_v4", "eval=light_v4"])
+    validate(v4)
+    assert (v4.data.name, v4.data.embedded.version, v4.data.max_response_length) == ("embedded_v4", 4, 128)
+    assert list(v4.eval.sets) == ["embedded_test", "embedded_sentiment"] and v4.eval.name == "light_v4"
+    # The same rows, lengths and tokenizer as v4's default config: the teacher trained on it keeps its key.
+    assert teacher_key(v4.teacher, v4.data, tokenizer_key(v4.data.embedded)) == V4_TEACHER_KEY
+    # v4's data with the default (v5) profile fails when the run starts, not after its training.
+    with pytest.raises(ConfigError, match=r"eval\.sets\.embedded_v5_test\.truth\.enabled=True: "
+                                          r"data\.embedded\.version=4 .*data=embedded_v4 eval=light_v4"):
+        validate(compose_train(["data=embedded_v4"]))
 
 
 def test_v5_is_a_pure_function_of_seed_and_version():

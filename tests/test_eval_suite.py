@@ -374,16 +374,43 @@ def test_embedded_sets_and_the_light_profile():
     cfg = _compose(SMALL_EMBEDDED)
     validate(cfg)
     e = cfg.eval
-    assert e.name == "light" and list(e.sets) == ["embedded_test", "embedded_sentiment"]
-    assert e.agreement.enabled and e.agreement.set == "embedded_test"
+    assert e.name == "light" and list(e.sets) == ["embedded_v5_test", "embedded_v5_mood"]
+    assert e.agreement.enabled and e.agreement.set == "embedded_v5_test"
     assert not (e.sampling.enabled or e.exposure_bias.enabled or e.lm_eval.tasks)
-    assert e.sets.embedded_test.metrics == ["rouge_l", "exact_match"]  # strict on the embedded set
+    assert e.sets.embedded_v5_test.metrics == ["rouge_l", "exact_match"]  # strict on the embedded set
+    assert e.sets.embedded_v5_test.truth.enabled and e.sets.embedded_v5_mood.truth.enabled
+    test_rows = load_set_rows(e.sets.embedded_v5_test, e, cfg.data.embedded)
+    assert len(test_rows) == 60
+    items = load_items("embedded_v5_mood", e.sets.embedded_v5_mood, e, cfg.data.embedded)
+    n_mood = sum(r["category"] == "mood" for r in test_rows)
+    assert items.label_words == ["positive", "negative"] and len(items.prompts) == n_mood == 12  # 2 in each 10
+    assert set(items.labels) == {0, 1}
+
+
+def test_v4_sets_and_the_light_v4_profile():
+    from kdbench.evaluation.classification_sets import load_items
+    from kdbench.evaluation.generation_sets import load_set_rows
+
+    cfg = _compose(["data=embedded_v4", "eval=light_v4", *SMALL_EMBEDDED])
+    validate(cfg)
+    e = cfg.eval
+    assert e.name == "light_v4" and list(e.sets) == ["embedded_test", "embedded_sentiment"]
+    assert e.agreement.enabled and e.agreement.set == "embedded_test"
+    assert not any(s.truth.enabled for s in e.sets.values())
     test_rows = load_set_rows(e.sets.embedded_test, e, cfg.data.embedded)
     assert len(test_rows) == 60
     items = load_items("embedded_sentiment", e.sets.embedded_sentiment, e, cfg.data.embedded)
     n_sentiment = sum(r["category"] == "sentiment" for r in test_rows)
     assert items.label_words == ["positive", "negative", "neutral"] and len(items.prompts) == n_sentiment >= 7
     assert set(items.labels) <= {0, 1, 2}
+    # v4's sentiment set on the default (v5) data has no row to score: named, before any model runs.
+    from kdbench.data.sources import DataError
+
+    GlobalHydra.instance().clear()
+    on_v5 = _compose(["eval=light_v4", *SMALL_EMBEDDED])
+    with pytest.raises(DataError, match=r"eval\.sets\.embedded_sentiment\.classification\.category='sentiment': no "
+                                        r"row of the embedded test split"):
+        load_items("embedded_sentiment", on_v5.eval.sets.embedded_sentiment, on_v5.eval, on_v5.data.embedded)
 
 
 def test_full_profile_is_kdbench_evals_default():
@@ -392,7 +419,8 @@ def test_full_profile_is_kdbench_evals_default():
     e = cfg.eval
     assert e.name == "full"
     assert set(e.sets) == {"dollyeval", "selfinst", "vicunaeval", "sni", "unni", "unni_short", "sst2", "boolq",
-                           "embedded_test", "embedded_sentiment"}
+                           "embedded_v5_test", "embedded_v5_mood"}
+    assert cfg.data.embedded.version == 5  # the default benchmark, whose sets these are
     hub = {n: (s.source.path, s.source.data_files) for n, s in e.sets.items() if s.source.kind == "hf"}
     assert hub["dollyeval"] == ("MiniLLM/dolly", "valid.jsonl")
     assert hub["sni"] == ("MiniLLM/sinst", "11_/valid.jsonl") and hub["unni"] == ("MiniLLM/uinst", "11_/valid.jsonl")
@@ -414,19 +442,19 @@ def test_the_judge_config_is_defined_once():
 
 def test_misspelt_eval_set_key_fails_at_compose_naming_it():
     with pytest.raises(Exception, match="lenght_buckets"):
-        _compose(["eval.sets.embedded_test.lenght_buckets=[0-5]"])
+        _compose(["eval.sets.embedded_v5_test.lenght_buckets=[0-5]"])
 
 
 @pytest.mark.parametrize("override,key", [
-    ("eval.sets.embedded_test.length_buckets=[0-5,3-10]", "eval.sets.embedded_test.length_buckets"),
-    ("eval.sets.embedded_test.length_buckets=[short]", "eval.sets.embedded_test.length_buckets"),
-    ("eval.sets.embedded_sentiment.classification.label_words=[positive]",
-     "eval.sets.embedded_sentiment.classification.label_words"),
+    ("eval.sets.embedded_v5_test.length_buckets=[0-5,3-10]", "eval.sets.embedded_v5_test.length_buckets"),
+    ("eval.sets.embedded_v5_test.length_buckets=[short]", "eval.sets.embedded_v5_test.length_buckets"),
+    ("eval.sets.embedded_v5_mood.classification.label_words=[positive]",
+     "eval.sets.embedded_v5_mood.classification.label_words"),
     ("eval.limit=0", "eval.limit"),
     ("eval.sampling.enabled=true eval.sampling.decoding.top_p=0", "eval.sampling.decoding.top_p"),
     ("eval.sampling.enabled=true eval.sampling.sets=[nope]", "eval.sampling.sets"),
     ("eval.sampling.enabled=true eval.sampling.limit=0", "eval.sampling.limit"),
-    ("eval.exposure_bias.enabled=true eval.exposure_bias.set=embedded_sentiment", "eval.exposure_bias.set"),
+    ("eval.exposure_bias.enabled=true eval.exposure_bias.set=embedded_v5_mood", "eval.exposure_bias.set"),
     ("eval.agreement.set=nope", "eval.agreement.set"),
     ("eval.lm_eval.limit=0", "eval.lm_eval.limit"),
 ])
@@ -519,7 +547,7 @@ def test_suite_in_process_with_a_judge_and_no_key_anywhere(tmp_path, monkeypatch
     # the teacher's generations went through the content-keyed cache
     assert list((tmp_path / "cache" / "generations").glob("*.json"))
     assert res.metrics["agreement/n_tokens"] > 0 and 0 <= res.metrics["agreement/top1"] <= 1
-    assert {"rouge_l_by_length", "reliability_sst2", "reliability_embedded_sentiment"} <= set(res.plots)
+    assert {"rouge_l_by_length", "reliability_sst2", "reliability_embedded_v5_mood"} <= set(res.plots)
 
 
 # --------------------------------------------------------------------------------------- kdbench-eval, e2e
@@ -573,14 +601,17 @@ def test_kdbench_eval_end_to_end_on_a_saved_student(tmp_path):
         assert f"{s}/sampled/rouge_l_mean" in m and f"{s}/sampled/rouge_l_std" in m
         assert m[f"{s}/sampled/n_seeds"] == 2 and m[f"{s}/sampled/n"] == 2  # eval.sampling.limit of 3 rows
         assert f"{s}/rouge_l" in t  # the teacher's reference row
-    assert "embedded_test/exact_match" in m and "embedded_test/normalized_exact_match" not in m
+    assert "embedded_v5_test/exact_match" in m and "embedded_v5_test/normalized_exact_match" not in m
+    # The default benchmark's sets are scored against p* too (3 rows: 2 choice and 1 pairs, as the split begins).
+    assert m["embedded_v5_test/truth/n"] == 3 and "embedded_v5_test/truth/forward_kl" in t
+    assert "embedded_v5_mood/truth/calibration_mae" in m
     for s in ("dollyeval", "sni", "unni_short"):
         assert sum(m[f"{s}/n@{b}"] for b in ("0-5", "6-10", "11+")) == 3
         assert any(f"{s}/rouge_l@{b}" in m for b in ("0-5", "6-10", "11+"))
     for s in ("dollyeval", "selfinst", "vicunaeval"):
         for metric in ("dist4", "repetition", "lm_loss"):
             assert f"{s}/{metric}" in m and f"{s}/{metric}" in t
-    for s in ("sst2", "boolq", "embedded_sentiment"):
+    for s in ("sst2", "boolq", "embedded_v5_mood"):
         for metric in ("accuracy", "ece", "brier"):
             assert f"{s}/{metric}" in m and f"{s}/{metric}" in t
         assert rec["eval"]["reliability"][s]["student"]["n"] == 3
@@ -595,13 +626,13 @@ def test_kdbench_eval_end_to_end_on_a_saved_student(tmp_path):
     assert not any("/judge/" in k for k in m)
 
     for name in ("exaccerr", "rouge_l_by_length", "reliability_sst2", "reliability_boolq",
-                 "reliability_embedded_sentiment"):
+                 "reliability_embedded_v5_mood"):
         png = run_dir / f"{name}.png"
         assert rec["artifacts"]["plots"][name] == str(png)
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 1000
 
     run = read_offline_run(run_dir)
-    for key in ("dollyeval/rouge_l", "sni/rouge_l@11+", "sst2/ece", "boolq/brier", "embedded_test/exact_match",
+    for key in ("dollyeval/rouge_l", "sni/rouge_l@11+", "sst2/ece", "boolq/brier", "embedded_v5_test/exact_match",
                 "dollyeval/sampled/rouge_l_std", "agreement/top1", "lm_eval/kdbench_embedded/exact_match"):
         assert run.summary[f"eval/{key}"] == pytest.approx(m[key]), key
     assert run.summary["teacher/sst2/accuracy"] == pytest.approx(t["sst2/accuracy"])

@@ -623,7 +623,8 @@ def kdbench_eval(tmp_path, saved_student, url, key: str | None):
     cache, student = saved_student
     tmp_path.mkdir(parents=True, exist_ok=True)
     args = [f"model.path={student}", "eval=smoke", "eval.teacher=false", "eval.agreement.enabled=false",
-            "eval.plots=false", "eval.sets.embedded_test.judge=true", "logger=none", "trainer=smoke", *SMALL_EMBEDDED,
+            "eval.plots=false", "eval.sets.embedded_v5_test.judge=true", "logger=none", "trainer=smoke",
+            *SMALL_EMBEDDED,
             "eval.judge.backend=openai", f"eval.judge.base_url={url}", "eval.judge.model=judge-test",
             f"eval.judge.api_key_env={KEY_ENV}", "eval.judge.max_retries=1", "eval.judge.backoff_base_s=0.01",
             "eval.judge.backoff_max_s=0.02", "eval.judge.timeout_s=10", "eval.judge.show_progress=false"]
@@ -674,24 +675,24 @@ def test_kdbench_eval_with_a_partial_judge_and_with_a_failing_one(endpoint, save
     assert out.returncode == 0, out.stderr[-3000:]
     assert len(endpoint.prompt_ids) == 32  # 16 items x 2 orders, all distinct prompts
     rec = json.loads(results[0].read_text())
-    judged = rec["eval"]["judge"]["student"]["embedded_test"]
+    judged = rec["eval"]["judge"]["student"]["embedded_v5_test"]
     assert judged["partial"] is True and judged["coverage"] == "30 of 32 verdicts"
     assert judged["n_failed"] == 2 and judged["failures"] == {"HTTP 400": 2}
     assert judged["last_error"] == f'HTTP 400 from {endpoint.url}/chat/completions: {{"error": "no"}}'
-    assert rec["metrics"]["embedded_test/judge/n_parsed"] == 30.0
-    assert rec["metrics"]["embedded_test/judge/score_ratio"] == pytest.approx(100.0)
+    assert rec["metrics"]["embedded_v5_test/judge/n_parsed"] == 30.0
+    assert rec["metrics"]["embedded_v5_test/judge/score_ratio"] == pytest.approx(100.0)
     assert re.search(r"\[WARNING\] - LLM judge .*: score ratio 100\.00 over 30 of 32 verdicts \(partial\)",
                      out.stdout + out.stderr)
     # The table (kdbench-report's and the run's own) shows the ratio with its coverage beside it.
     for table in (report_of(tmp_path / "partial", capsys), out.stdout):
         header, _, row = [line for line in table.splitlines() if line.startswith("|")][:3]
-        column = [c.strip() for c in header.strip("|").split("|")].index("embedded_test/judge/score_ratio")
+        column = [c.strip() for c in header.strip("|").split("|")].index("embedded_v5_test/judge/score_ratio")
         assert [c.strip() for c in row.strip("|").split("|")][column] == "100.0 [partial: 30 of 32 verdicts]"
     # The CSV keeps its columns (still parsed as numbers); the caveat goes to stderr.
     csv_text = report_of(tmp_path / "partial", capsys, "--format", "csv", "--metrics", "all")
     header, row = [line.split(",") for line in csv_text.splitlines()[:2]]
-    assert float(row[header.index("embedded_test/judge/score_ratio_mean")]) == pytest.approx(100.0)
-    assert ("kdbench-report: note: pretrained student embedded_test/judge/score_ratio: partial: 30 of 32 verdicts"
+    assert float(row[header.index("embedded_v5_test/judge/score_ratio_mean")]) == pytest.approx(100.0)
+    assert ("kdbench-report: note: pretrained student embedded_v5_test/judge/score_ratio: partial: 30 of 32 verdicts"
             in capsys.readouterr().err.splitlines())
 
     # Failing: every request gets a 503; the run stops, names the endpoint's last error and writes no result.

@@ -1,7 +1,7 @@
-"""The truth metrics in the evaluation suite (kdbench.evaluation.truth_sets, eval.sets.<name>.truth): the `truth`
-profile on a small benchmark v5 with a tiny student that has learned a little (sft) and a random teacher, every
-key for both, values checked against the truth module's own functions; config errors naming their key; the v4
-`light` profile untouched."""
+"""The truth metrics in the evaluation suite (kdbench.evaluation.truth_sets, eval.sets.<name>.truth): the default
+`light` profile on a small benchmark v5 (the default data) with a tiny student that has learned a little (sft) and
+a random teacher, every key for both, values checked against the truth module's own functions; config errors
+naming their key; v4's `light_v4` profile untouched."""
 
 from __future__ import annotations
 
@@ -19,11 +19,10 @@ from kdbench.evaluation.truth_sets import evaluate_truth, first_per_family, load
 from kdbench.runtime import validate
 from kdbench.schema import ConfigError
 
-SMALL_V5 = ["data.embedded.version=5", "data.embedded.train_size=400", "data.embedded.validation_size=16",
-            "data.embedded.test_size=60"]
+SMALL_V5 = ["data.embedded.train_size=400", "data.embedded.validation_size=16", "data.embedded.test_size=60"]
 # The first 30 test rows (the v5 split cycles through its families in tens: 3-6 rows of each), 2 of each family
 # scored against p* with 4 samples; answers scored and sampled up to 48 tokens.
-TRUTH_RUN = ["eval=truth", *SMALL_V5, "eval.limit=30", "eval.max_response_length=48",
+TRUTH_RUN = [*SMALL_V5, "eval.limit=30", "eval.max_response_length=48",
              "eval.sets.embedded_v5_test.max_new_tokens=16", "eval.sets.embedded_v5_test.truth.num_prompts=2",
              "eval.sets.embedded_v5_test.truth.k=4", "eval.sets.embedded_v5_test.truth.kl_samples=4",
              "eval.agreement.num_items=10"]
@@ -34,8 +33,8 @@ SHARES = ("precision", "greedy_precision", "recall")
 
 @pytest.fixture(scope="module")
 def v5():
-    """The composed truth run, the tokenizer of its train rows, a student after 100 sft steps (it answers `mood`
-    with a label word), a random teacher, and the suite's result for both."""
+    """The composed truth run (the default data and profile), the tokenizer of its train rows, a student after 100
+    sft steps (it answers `mood` with a label word), a random teacher, and the suite's result for both."""
     import torch
 
     torch.set_num_threads(1)
@@ -70,8 +69,9 @@ def _expected_keys(families: set[str], lengths) -> set[str]:
     return keys | {"embedded_v5_mood/truth/calibration_mae", "embedded_v5_mood/truth/n"}
 
 
-def test_the_truth_profile_gives_every_key_for_student_and_teacher(v5):
+def test_the_default_profile_gives_every_truth_key_for_student_and_teacher(v5):
     cfg, _, _, _, res = v5
+    assert (cfg.eval.name, cfg.data.embedded.version) == ("light", 5)
     lengths = list(cfg.eval.sets.embedded_v5_test.truth.validity_lengths)
     assert lengths == [10, 20, 40, 60]
     expected = _expected_keys(set(FAMILIES_V5), lengths)
@@ -203,10 +203,17 @@ def test_nonsense_truth_values_fail_naming_the_key(override, key):
 
 
 def test_truth_on_v4_data_fails_before_any_model_runs():
-    # The default data is benchmark v4 (one right answer a prompt, no p*): the suite fails while loading its data,
-    # naming both keys; models that cannot run (None) show no generation started.
-    cfg = compose_train([t for t in TRUTH_RUN if t != "data.embedded.version=5"])
-    validate(cfg)
+    # Benchmark v4 (one right answer a prompt, no p*) under the default (v5) profile: the run's checks fail when it
+    # starts, naming both keys and v4's own profile; the suite, called without them, fails while loading its data,
+    # before any model runs (models that cannot run, None, show no generation started).
+    from kdbench.evaluation.truth_sets import FIRST_TRUTH_VERSION
+    from kdbench.schema import checks
+
+    assert checks.FIRST_TRUTH_VERSION == FIRST_TRUTH_VERSION  # the schema's copy (it imports no runtime code)
+    cfg = compose_train(["data=embedded_v4", *TRUTH_RUN])
+    with pytest.raises(ConfigError, match=r"eval\.sets\.embedded_v5_test\.truth\.enabled=True: "
+                                          r"data\.embedded\.version=4 .*eval=light_v4"):
+        validate(cfg)
     nothing = Model(None, None, "never-run")
     with pytest.raises(ConfigError, match=r"eval\.sets\.embedded_v5_test\.truth\.enabled=true: "
                                           r"data\.embedded\.version=4 .*data\.embedded\.version=5"):
@@ -217,11 +224,11 @@ def test_the_v4_light_profile_is_unchanged():
     import torch
 
     torch.set_num_threads(1)
-    cfg = compose_train(["data.embedded.train_size=200", "data.embedded.validation_size=16",
-                         "data.embedded.test_size=40", "eval.limit=16", "eval.max_new_tokens=4",
-                         "eval.agreement.num_items=8"])
+    cfg = compose_train(["data=embedded_v4", "eval=light_v4", "data.embedded.train_size=200",
+                         "data.embedded.validation_size=16", "data.embedded.test_size=40", "eval.limit=16",
+                         "eval.max_new_tokens=4", "eval.agreement.num_items=8"])
     validate(cfg)
-    assert cfg.eval.name == "light" and cfg.data.embedded.version == 4
+    assert cfg.eval.name == "light_v4" and cfg.data.embedded.version == 4
     assert not any(s.truth.enabled for s in cfg.eval.sets.values())
     splits = embedded_splits(cfg.data.embedded)
     tok = tiny_tokenizer(splits["train"])

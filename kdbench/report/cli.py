@@ -10,6 +10,7 @@ from kdbench.report.collect import collect_results
 from kdbench.report.compare import build_table
 from kdbench.report.render import render_csv, render_markdown
 from kdbench.report.run_table import headline_metrics
+from kdbench.report.tex import minillm_keys, render_minillm_table, render_tex
 from kdbench.storage.atomic import atomic_write_text
 
 
@@ -20,14 +21,27 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("dir", metavar="DIR", help="directory searched recursively for results.json")
     parser.add_argument("--metrics", help="comma-separated metric keys to show, or all "
                                           "(default: each set's rouge_l and exact_match)")
-    parser.add_argument("--format", choices=["md", "csv"], default="md", help="output format (default: md)")
+    parser.add_argument("--format", choices=["md", "csv", "tex"], default="md",
+                        help="output format (default: md); tex: a booktabs table float for a paper")
+    parser.add_argument("--layout", choices=["survey", "minillm"], default="survey",
+                        help="tex only: survey (default: one column per metric, students grouped by size) or "
+                             "minillm (MiniLLM's Table 1: DollyEval, SelfInst, VicunaEval, S-NI, UnNI; "
+                             "judge / ROUGE-L cells)")
     parser.add_argument("--out", metavar="FILE", help="also write the table to FILE (atomically)")
     parser.add_argument("--precision", type=int, default=1, metavar="N",
-                        help="decimals in the markdown table (default: 1)")
-    parser.add_argument("--delta", action="store_true", help="markdown: show each method's change vs sft")
+                        help="decimals in the markdown and tex tables (default: 1)")
+    parser.add_argument("--delta", action="store_true",
+                        help="markdown and tex survey: show each method's change vs sft")
     args = parser.parse_args(argv)
     if args.precision < 0:
         parser.error("--precision must be >= 0")
+    if args.layout == "minillm":
+        if args.format != "tex":
+            parser.error(f"--layout minillm needs --format tex (got --format {args.format})")
+        if args.delta:
+            parser.error("--delta: --layout minillm has no room for changes vs sft; use --layout survey")
+        if args.metrics:
+            parser.error("--metrics: --layout minillm has fixed columns (each set's judge score and ROUGE-L)")
     return args
 
 
@@ -52,8 +66,11 @@ def main(argv: list[str] | None = None) -> int:
         metrics = None
     elif args.metrics:
         metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
+    if args.layout == "minillm":
+        # Fixed columns; the paired tests vs sft, and so their Holm correction, cover exactly the cells shown.
+        metrics = minillm_keys(key for r in results for key in [*r.metrics, *(r.teacher_metrics or {})])
     table = build_table(results, metrics)
-    if metrics is not None:
+    if metrics is not None and args.layout != "minillm":  # a set MiniLLM reports and the runs did not: "---"
         for key in metrics:
             if not any(key in row.cells for row in table.rows):
                 print(f"kdbench-report: warning: no run reports metric {key!r}", file=sys.stderr)
@@ -64,6 +81,10 @@ def main(argv: list[str] | None = None) -> int:
         for note in [*table.notes, *(f"{row.method} {row.student} {key}: {note}" for row in table.rows
                                      for key, note in row.notes.items())]:
             print(f"kdbench-report: note: {note}", file=sys.stderr)
+    elif args.format == "tex" and args.layout == "minillm":
+        text = render_minillm_table(table, precision=args.precision)
+    elif args.format == "tex":
+        text = render_tex(table, precision=args.precision, show_delta=args.delta)
     else:
         text = render_markdown(table, precision=args.precision, show_delta=args.delta)
 

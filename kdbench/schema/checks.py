@@ -45,6 +45,24 @@ def validate(cfg: Any) -> None:
             check(bool(src.path), f"{key}.path", src.path,
                   "a jsonl source needs a file path, an hf source a dataset id or folder")
     validate_eval(cfg.eval)
+    check_truth_has_a_benchmark(cfg)
+
+
+# The first embedded benchmark version whose rows have a true answer distribution p*: the same constant as
+# kdbench.evaluation.truth_sets.FIRST_TRUTH_VERSION (the schema imports no runtime code; a test keeps them equal).
+FIRST_TRUTH_VERSION = 5
+
+
+def check_truth_has_a_benchmark(cfg: Any) -> None:
+    """An embedded set scored against p* needs data.embedded.version >= 5: checked when the run starts, since the
+    suite loads its sets after training (data=embedded_v4 with the default v5 profile would fail only then)."""
+    version = cfg.data.embedded.version
+    for name, s in cfg.eval.sets.items():
+        if s.truth.enabled and s.source.kind == "embedded":
+            check(version >= FIRST_TRUTH_VERSION, f"eval.sets.{name}.truth.enabled", s.truth.enabled,
+                  f"data.embedded.version={version} has no true answer distribution (benchmark version "
+                  f"{FIRST_TRUTH_VERSION} on has one); benchmark v4 has its own profiles: data=embedded_v4 "
+                  "eval=light_v4 (or study_v4), or switch truth off for this set")
 
 
 def check_max_failed_fraction(value: Any) -> None:
@@ -129,7 +147,7 @@ def validate_eval(e: Any) -> None:
             check(c.n_bins >= 1, f"{k}.classification.n_bins", c.n_bins, "must be >= 1")
             if s.source.kind == "embedded":
                 check(bool(c.category), f"{k}.classification.category", c.category,
-                      "an embedded classification set needs the family to keep, e.g. sentiment")
+                      "an embedded classification set needs the family to keep, e.g. mood")
             else:
                 check(bool(c.prompt or c.instruction), f"{k}.classification.instruction", c.instruction,
                       "give an instruction template (or classification.prompt)")

@@ -53,7 +53,7 @@ class ClassificationConfig:
     # Label words in class-index order: a row's label is an index (int or bool) or one of these words.
     label_words: list[str] = field(default_factory=list)
     label_column: str = "label"
-    # Embedded sets: only the rows of this category (e.g. the `sentiment` family).
+    # Embedded sets: only the rows of this category (e.g. benchmark v5's `mood` family).
     category: str | None = None
     # Equal-width confidence bins of the ECE and the reliability diagram.
     n_bins: int = 10
@@ -194,7 +194,7 @@ class AgreementConfig:
     """Teacher-student agreement on the gold responses of `set` (teacher forcing): token KL(teacher || student)
     and top-1 agreement (kdbench.evaluation.agreement)."""
     enabled: bool = False
-    set: str = "embedded_test"
+    set: str = "embedded_v5_test"  # the default benchmark's test split (conf/eval/light.yaml)
     # At most this many rows of the set; null: all.
     num_items: int | None = None
 
