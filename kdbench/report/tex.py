@@ -273,22 +273,22 @@ def render_tex(table: Table, precision: int = 1, show_delta: bool = False,
 
 # MiniLLM (Gu et al., 2024), Table 1: the sets in its order, with kdbench's eval_set names (conf/eval_set/). Its
 # UnNI is the 11+ token set, kdbench's `unni`; `unni_short` (1-2 word answers) gets its own column when reported.
-MINILLM_SETS = (("dollyeval", "DollyEval"), ("selfinst", "SelfInst"), ("vicunaeval", "VicunaEval"),
-                ("sni", "S-NI"), ("unni", "UnNI"))
-EXTRA_SETS = (("unni_short", "UnNI (1--2 words)"),)
+# Their column titles are SET_NAMES'.
+MINILLM_SETS = ("dollyeval", "selfinst", "vicunaeval", "sni", "unni")
+EXTRA_SETS = ("unni_short",)
 JUDGE_KEY = "{}/judge/score_ratio"  # kdbench.evaluation.judge: 100 x candidate / reference score (MiniLLM's GPT-4)
 ROUGE_KEY = "{}/rouge_l"
 
 
-def _minillm_sets(reported: Iterable[str]) -> list[tuple[str, str]]:
+def _minillm_sets(reported: Iterable[str]) -> list[str]:
     reported = set(reported)
-    return list(MINILLM_SETS) + [(name, title) for name, title in EXTRA_SETS
+    return list(MINILLM_SETS) + [name for name in EXTRA_SETS
                                  if {JUDGE_KEY.format(name), ROUGE_KEY.format(name)} & reported]
 
 
 def minillm_keys(reported: Iterable[str]) -> list[str]:
     """The metric keys the MiniLLM layout shows, given the keys the runs report (for build_table's `metrics`)."""
-    return [key.format(name) for name, _ in _minillm_sets(reported) for key in (JUDGE_KEY, ROUGE_KEY)]
+    return [key.format(name) for name in _minillm_sets(reported) for key in (JUDGE_KEY, ROUGE_KEY)]
 
 
 def render_minillm_table(table: Table, precision: int = 1,
@@ -301,7 +301,7 @@ def render_minillm_table(table: Table, precision: int = 1,
 
     def cells_of(row: Row, group: list[Row]) -> list[str]:
         out = []
-        for name, _ in sets:
+        for name in sets:
             parts = [key for key in (JUDGE_KEY.format(name), ROUGE_KEY.format(name)) if key in row.cells]
             if not parts:
                 out.append(MISSING)
@@ -313,14 +313,14 @@ def render_minillm_table(table: Table, precision: int = 1,
             out.append(" / ".join(shown))
         return out
 
-    head = [" & ".join(["Student", "Method", *(title for _, title in sets)]) + r" \\"]
+    head = [" & ".join(["Student", "Method", *(SET_NAMES[name] for name in sets)]) + r" \\"]
     body = _body(table, cells_of)
     keys = minillm_keys(key for row in table.rows for key in row.cells)
     legend = [r"Cells: LLM-judge score / ROUGE-L where a judge scored the set, else ROUGE-L; the judge score is "
               r"100 $\times$ the judge's total for the student's answers over its total for the reference "
               r"answers (MiniLLM's GPT-4 feedback score). " + MISSING + ": not evaluated.",
               *_legend_lines(table, keys, spread=False, directions=False)]
-    if any(name == "unni_short" for name, _ in sets):
+    if "unni_short" in sets:
         legend.insert(1, "UnNI (1--2 words): Unnatural Instructions items with 1--2 word references, not "
                          "MiniLLM's UnNI (references of 11+ tokens).")
     return _float(caption, label, "ll" + "r" * len(sets), head, body, legend)
